@@ -1,0 +1,154 @@
+"""Elementwise arithmetic and activations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parsers.context import Context
+from parsers.registry import converter
+from parsers.values import Sym
+from verifier.ir import Act, ActivationFn
+
+
+def _shape(v) -> tuple[int, ...]:
+    return v.shape if isinstance(v, Sym) else tuple(np.shape(v))
+
+
+def _aligned_batch(sym: Sym, rank: int) -> int | None:
+    return None if sym.batch_axis is None else sym.batch_axis + rank - sym.rank
+
+
+def collapse_fixed_batch(const: np.ndarray, rank: int, batch_axis: int | None) -> np.ndarray:
+    """Models exported with a fixed batch size carry constants (zero initial states) sized for
+    that batch; one sample needs one slice of them, provided all slices are equal."""
+    const = np.asarray(const)
+    if batch_axis is None:
+        return const
+    axis = batch_axis - (rank - const.ndim)
+    if axis < 0 or const.shape[axis] == 1:
+        return const
+    first = np.take(const, [0], axis=axis)
+    if not np.array_equal(np.broadcast_to(first, const.shape), const):
+        raise ValueError("a constant differs between batch entries; the model is not per-sample")
+    return first
+
+
+def prepare_binary(ctx: Context, a, b):
+    """Broadcast the operands of a binary elementwise op: symbolic ones as Sym of the output
+    shape, constants as float arrays of the output shape. Returns (a, b, shape, batch_axis)."""
+    rank = max(len(_shape(a)), len(_shape(b)))
+    syms = [v for v in (a, b) if isinstance(v, Sym)]
+    batch = next((_aligned_batch(s, rank) for s in syms if s.batch_axis is not None), None)
+    a, b = [v if isinstance(v, Sym) else collapse_fixed_batch(v, rank, batch) for v in (a, b)]
+    shape = tuple(np.broadcast_shapes(_shape(a), _shape(b)))
+    out = []
+    for v in (a, b):
+        if isinstance(v, Sym):
+            out.append(ctx.broadcast(v, shape, batch))
+        else:
+            out.append(np.broadcast_to(np.asarray(v, dtype=np.float64), shape))
+    return out[0], out[1], shape, batch
+
+
+def _scale_shift(ctx, x: Sym, scale, shift, shape, batch, name) -> Sym:
+    node = ctx.builder.affine(x.node, np.broadcast_to(scale, shape).reshape(-1),
+                              np.broadcast_to(shift, shape).reshape(-1), f"{ctx.prefix}/{name}")
+    return Sym(node, shape, batch)
+
+
+@converter("Add", since=1)
+def add(node, inputs, ctx):
+    a, b, shape, batch = prepare_binary(ctx, *inputs)
+    if isinstance(a, Sym) and isinstance(b, Sym):
+        return [Sym(ctx.builder.add([a.node, b.node], ctx.prefix), shape, batch)]
+    x, c = (a, b) if isinstance(a, Sym) else (b, a)
+    return [_scale_shift(ctx, x, 1.0, c, shape, batch, "add")]
+
+
+@converter("Sub", since=1)
+def sub(node, inputs, ctx):
+    a, b, shape, batch = prepare_binary(ctx, *inputs)
+    if isinstance(b, Sym):
+        neg_b = _scale_shift(ctx, b, -1.0, 0.0 if isinstance(a, Sym) else a, shape, batch, "neg")
+        if not isinstance(a, Sym):
+            return [neg_b]
+        return [Sym(ctx.builder.add([a.node, neg_b.node], ctx.prefix), shape, batch)]
+    return [_scale_shift(ctx, a, 1.0, -b, shape, batch, "sub")]
+
+
+@converter("Mul", since=1)
+def mul(node, inputs, ctx):
+    a, b, shape, batch = prepare_binary(ctx, *inputs)
+    if isinstance(a, Sym) and isinstance(b, Sym):
+        return [Sym(ctx.builder.product(a.node, b.node, ctx.prefix), shape, batch)]
+    x, c = (a, b) if isinstance(a, Sym) else (b, a)
+    return [_scale_shift(ctx, x, c, 0.0, shape, batch, "mul")]
+
+
+@converter("Div", since=1)
+def div(node, inputs, ctx):
+    if isinstance(inputs[1], Sym):
+        raise ctx.unsupported(node, "division by a value that depends on the input")
+    a, b, shape, batch = prepare_binary(ctx, *inputs)
+    return [_scale_shift(ctx, a, 1.0 / b, 0.0, shape, batch, "div")]
+
+
+@converter("Neg", since=1)
+def neg(node, inputs, ctx):
+    x = inputs[0]
+    return [_scale_shift(ctx, x, -1.0, 0.0, x.shape, x.batch_axis, "neg")]
+
+
+@converter("Sum", since=1)
+def sum_(node, inputs, ctx):
+    total = inputs[0]
+    for other in inputs[1:]:
+        total = add(node, [total, other], ctx)[0]
+    return [total]
+
+
+def apply_activation(ctx: Context, x: Sym, fn: ActivationFn, name: str = "") -> Sym:
+    node = ctx.builder.activation(x.node, fn, f"{ctx.prefix}{name}")
+    return Sym(node, x.shape, x.batch_axis)
+
+
+def _unary(op: str, kind: Act, since: int = 1, attributes=(), params=lambda a: {}):
+    @converter(op, since=since, attributes=attributes)
+    def convert(node, inputs, ctx):
+        return [apply_activation(ctx, inputs[0], ActivationFn(kind, **params(ctx.attrs(node))))]
+    convert.__name__ = f"convert_{op.lower()}"
+    return convert
+
+
+_unary("Sigmoid", Act.SIGMOID)
+_unary("Tanh", Act.TANH)
+_unary("Relu", Act.RELU)
+_unary("Softplus", Act.SOFTPLUS)
+_unary("Softsign", Act.SOFTSIGN)
+_unary("LeakyRelu", Act.LEAKY_RELU, attributes=("alpha",), params=lambda a: {"alpha": a.get("alpha", 0.01)})
+_unary("Elu", Act.ELU, attributes=("alpha",), params=lambda a: {"alpha": a.get("alpha", 1.0)})
+_unary("ThresholdedRelu", Act.THRESHOLDED_RELU, since=10, attributes=("alpha",),
+       params=lambda a: {"alpha": a.get("alpha", 1.0)})
+
+
+@converter("HardSigmoid", since=1, attributes=("alpha", "beta"))
+def hard_sigmoid(node, inputs, ctx):
+    attrs = ctx.attrs(node)
+    x = inputs[0]
+    scaled = _scale_shift(ctx, x, attrs.get("alpha", 0.2), attrs.get("beta", 0.5), x.shape, x.batch_axis, "affine")
+    return [apply_activation(ctx, scaled, ActivationFn(Act.CLIP, 0.0, 1.0))]
+
+
+@converter("Clip", since=1, attributes=("min", "max"))
+def clip(node, inputs, ctx):
+    if ctx.opset >= 11:
+        bounds = [inputs[k] if len(inputs) > k else None for k in (1, 2)]
+        if any(isinstance(v, Sym) for v in bounds):
+            raise ctx.unsupported(node, "clip bounds computed from the input")
+        low, high = [float(np.asarray(v)) if v is not None else None for v in bounds]
+    else:
+        attrs = ctx.attrs(node)
+        low, high = attrs.get("min"), attrs.get("max")
+    low = -np.inf if low is None else low
+    high = np.inf if high is None else high
+    return [apply_activation(ctx, inputs[0], ActivationFn(Act.CLIP, float(low), float(high)))]

@@ -1,0 +1,182 @@
+"""Data-movement ops. The element permutation comes from running the op on id arrays
+(Context.move); each converter only has to say where the batch axis ends up."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from parsers.context import Context
+from parsers.reference import run_node
+from parsers.registry import converter
+from parsers.values import Sym
+
+
+def _norm(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _const_ints(value, what: str) -> list[int]:
+    if isinstance(value, Sym):
+        raise ValueError(f"{what} must be a constant")
+    return [int(v) for v in np.asarray(value).reshape(-1)]
+
+
+def _move_first(node, inputs, ctx: Context, batch_axis):
+    return ctx.move(node, inputs, (0,), [batch_axis] * len(node.output))
+
+
+@converter("Identity", since=1)
+def identity(node, inputs, ctx):
+    return [inputs[0]]
+
+
+@converter("Cast", since=1, attributes=("to", "saturate", "round_mode"))
+def cast(node, inputs, ctx):
+    to = ctx.attrs(node)["to"]
+    if to not in (1, 10, 11, 16):  # float, float16, double, bfloat16
+        raise ctx.unsupported(node, "casting a perturbed value to a non-float type")
+    return [inputs[0]]
+
+
+@converter("Shape", since=1, attributes=("start", "end"))
+def shape(node, inputs, ctx):
+    return run_node(node, [np.zeros(inputs[0].shape, dtype=np.float32)], ctx.opset)
+
+
+@converter("Size", since=1)
+def size(node, inputs, ctx):
+    return [np.array(inputs[0].size, dtype=np.int64)]
+
+
+@converter("Transpose", since=1, attributes=("perm",))
+def transpose(node, inputs, ctx):
+    x = inputs[0]
+    perm = ctx.attrs(node).get("perm") or list(range(x.rank))[::-1]
+    b = None if x.batch_axis is None else list(perm).index(x.batch_axis)
+    return _move_first(node, inputs, ctx, b)
+
+
+def reshape_batch_axis(old: tuple[int, ...], new: tuple[int, ...], b: int | None) -> int | None:
+    """Where a size-1 batch axis lands after a reshape: the first size-1 axis whose prefix
+    product equals the product of the dims before the old batch axis."""
+    if b is None:
+        return None
+    before = int(np.prod(old[:b], dtype=np.int64))
+    for j, d in enumerate(new):
+        if d == 1 and int(np.prod(new[:j], dtype=np.int64)) == before:
+            return j
+    return None
+
+
+@converter("Reshape", since=5, attributes=("allowzero",))
+def reshape(node, inputs, ctx):
+    x = inputs[0]
+    out = ctx.move(node, inputs, (0,), [None])[0]
+    return [Sym(out.node, out.shape, reshape_batch_axis(x.shape, out.shape, x.batch_axis))]
+
+
+@converter("Flatten", since=1, attributes=("axis",))
+def flatten(node, inputs, ctx):
+    x = inputs[0]
+    axis = _norm(ctx.attrs(node).get("axis", 1), x.rank)
+    out = ctx.move(node, inputs, (0,), [None])[0]
+    b = None if x.batch_axis is None else (0 if x.batch_axis < axis else 1)
+    return [Sym(out.node, out.shape, b)]
+
+
+def _squeeze_axes(node, inputs, ctx) -> list[int] | None:
+    if ctx.opset >= 13:
+        return None if len(inputs) < 2 or inputs[1] is None else _const_ints(inputs[1], "axes")
+    return ctx.attrs(node).get("axes")
+
+
+@converter("Squeeze", since=1, attributes=("axes",))
+def squeeze(node, inputs, ctx):
+    x = inputs[0]
+    axes = _squeeze_axes(node, inputs, ctx)
+    if axes is None:  # squeeze all size-1 axes -- but never the batch axis, which is only 1 here
+        axes = [k for k, d in enumerate(x.shape) if d == 1 and k != x.batch_axis]
+        node = helper.make_node("Squeeze", ["x", "axes"], list(node.output), name=node.name)
+        inputs = [x, np.array(axes, dtype=np.int64)]
+    return squeeze_with_axes(node, inputs, ctx, axes)
+
+
+def squeeze_with_axes(node, inputs, ctx, axes):
+    x = inputs[0]
+    axes = [_norm(a, x.rank) for a in axes]
+    b = x.batch_axis
+    if b is not None:
+        b = None if b in axes else b - sum(a < b for a in axes)
+    opset = max(ctx.opset, 13) if len(node.input) == 2 else ctx.opset
+    return ctx.move(node, inputs, (0,), [b], opset=opset)
+
+
+@converter("Unsqueeze", since=1, attributes=("axes",))
+def unsqueeze(node, inputs, ctx):
+    x = inputs[0]
+    axes = _const_ints(inputs[1], "axes") if ctx.opset >= 13 else ctx.attrs(node)["axes"]
+    rank = x.rank + len(axes)
+    axes = sorted(_norm(a, rank) for a in axes)
+    b = x.batch_axis
+    if b is not None:
+        kept = [k for k in range(rank) if k not in axes]
+        b = kept[b]
+    return _move_first(node, inputs, ctx, b)
+
+
+@converter("Gather", since=1, attributes=("axis",))
+def gather(node, inputs, ctx):
+    x, indices = inputs
+    if isinstance(indices, Sym):
+        raise ctx.unsupported(node, "indices computed from the input")
+    axis = _norm(ctx.attrs(node).get("axis", 0), x.rank)
+    b = x.batch_axis
+    if b is not None:
+        b = None if b == axis else (b if b < axis else b + np.ndim(indices) - 1)
+    return _move_first(node, inputs, ctx, b)
+
+
+@converter("Slice", since=1, attributes=("starts", "ends", "axes"))
+def slice_(node, inputs, ctx):
+    if any(isinstance(v, Sym) for v in inputs[1:]):
+        raise ctx.unsupported(node, "slice bounds computed from the input")
+    return _move_first(node, inputs, ctx, inputs[0].batch_axis)
+
+
+@converter("Split", since=1, attributes=("axis", "split", "num_outputs"))
+def split(node, inputs, ctx):
+    return _move_first(node, inputs, ctx, inputs[0].batch_axis)
+
+
+@converter("Concat", since=1, attributes=("axis",))
+def concat(node, inputs, ctx):
+    syms = [x for x in inputs if isinstance(x, Sym)]
+    b = next((x.batch_axis for x in syms if x.batch_axis is not None), None)
+    return ctx.move(node, inputs, tuple(range(len(inputs))), [b])
+
+
+@converter("Expand", since=8)
+def expand(node, inputs, ctx):
+    x = inputs[0]
+    out_rank = max(x.rank, int(np.asarray(inputs[1]).size))
+    b = None if x.batch_axis is None else x.batch_axis + out_rank - x.rank
+    return _move_first(node, inputs, ctx, b)
+
+
+@converter("Tile", since=6)
+def tile(node, inputs, ctx):
+    x = inputs[0]
+    repeats = _const_ints(inputs[1], "repeats")
+    if x.batch_axis is not None and repeats[x.batch_axis] != 1:
+        raise ctx.unsupported(node, "tiling along the batch axis")
+    return _move_first(node, inputs, ctx, x.batch_axis)
+
+
+@converter("ReverseSequence", since=10, attributes=("batch_axis", "time_axis"))
+def reverse_sequence(node, inputs, ctx):
+    x, lens = inputs
+    lens = np.asarray(lens).reshape(-1)
+    if isinstance(inputs[1], Sym) or len(set(lens.tolist())) != 1:
+        raise ctx.unsupported(node, "sequence_lens must be one constant shared by the whole batch")
+    return ctx.move(node, [x, lens[:1]], (0,), [x.batch_axis])

@@ -1,0 +1,30 @@
+"""User-facing errors. The CLI prints their message as one line; anything else is a bug."""
+
+
+class PopqornError(Exception):
+    """Base class: a refusal the user can act on. `exit_code` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class ModelFileError(PopqornError):
+    """The model file is missing, unreadable, too large, malformed or unsafe."""
+
+    exit_code = 3
+
+
+class UnsupportedOperator(PopqornError):
+    """An ONNX op (or an attribute value of it) the front end cannot convert exactly."""
+
+    exit_code = 4
+
+    def __init__(self, op_type: str, opset: int, node_name: str, reason: str = "") -> None:
+        self.op_type, self.opset, self.node_name = op_type, opset, node_name
+        where = f"unsupported operator {op_type} (opset {opset}) at node {node_name!r}"
+        super().__init__(f"{where}: {reason}" if reason else where)
+
+
+class InputError(PopqornError):
+    """Inputs, labels or options that do not fit the model or the threat model."""
+
+    exit_code = 5
