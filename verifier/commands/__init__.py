@@ -1,0 +1,1 @@
+"""One module per popqorn subcommand (see verifier/cli.py)."""
