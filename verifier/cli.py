@@ -15,6 +15,8 @@ COMMANDS = {
     "check": "compare the IR forward pass with onnxruntime on random inputs",
     "bounds": "certified lower/upper bounds of the outputs over a perturbation set",
     "certify": "largest certified perturbation radius per sample",
+    "attack": "search for counterexamples (PGD) within a perturbation radius",
+    "vnnlib": "answer a VNN-LIB property: sat / unsat / unknown / timeout",
 }
 
 EXIT_CODES = f"""exit codes:
