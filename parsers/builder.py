@@ -66,6 +66,12 @@ class GraphBuilder:
                 bias = None
         if weight.ndim == 1 and bias is None and np.all(weight == 1.0):
             return x
+        producer = self.nodes[x]
+        if weight.ndim == 1 and np.all(weight == 1.0) and isinstance(producer, ir.Affine):
+            # a bias added to an affine map's output folds into that map
+            merged = bias if producer.bias is None else producer.bias + bias
+            node = ir.Affine(self.unique(name), producer.input, producer.weight, merged)
+            return self._emit(node, out_size)
         return self._emit(ir.Affine(self.unique(name), x, weight, bias), out_size)
 
     def scale_shift(self, x: str, scale: float | np.ndarray, shift: float | np.ndarray, name: str) -> str:

@@ -50,7 +50,9 @@ def prepare_binary(ctx: Context, a, b):
     return out[0], out[1], shape, batch
 
 
-def _scale_shift(ctx, x: Sym, scale, shift, shape, batch, name) -> Sym:
+def _scale_shift(ctx, x: Sym, scale, shift, shape, batch, name) -> Sym | np.ndarray:
+    if not np.any(scale):  # x * 0 is a constant (x is finite)
+        return np.broadcast_to(np.asarray(shift, dtype=np.float64), shape).copy()
     node = ctx.builder.affine(x.node, np.broadcast_to(scale, shape).reshape(-1),
                               np.broadcast_to(shift, shape).reshape(-1), f"{ctx.prefix}/{name}")
     return Sym(node, shape, batch)
