@@ -1,0 +1,1 @@
+"""ONNX Loop (provable constant trip count) and Scan, unrolled into IR nodes."""

@@ -1,0 +1,1 @@
+"""Native ONNX LSTM / GRU / RNN nodes, unrolled over time into IR nodes."""
