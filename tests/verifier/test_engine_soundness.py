@@ -1,0 +1,108 @@
+"""Soundness of the bound engine, checked the only way that counts: points drawn inside the
+perturbation set (interior, boundary, corners, and gradient-pushed toward the worst case) are run
+through onnxruntime on the ONNX file, and every output must lie inside the certified bounds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import parsers
+from tests.verifier import models
+from tests.verifier.sampling import gradient_deltas, random_deltas
+from verifier.bounds import bound_outputs, perturbed_input
+from verifier.threat import ThreatModel
+
+CELL_LOOPS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+NATIVE = [("lstm", 1, False), ("gru", 1, False), ("rnn_tanh", 2, False), ("rnn_relu", 1, True),
+          ("lstm", 2, True), ("gru", 1, True)]
+ONNX_NODES = [("LSTM", {"peepholes": True}), ("LSTM", {"clip": 0.7}), ("GRU", {"linear_before_reset": 0}),
+              ("GRU", {"linear_before_reset": 1, "direction": "reverse"}), ("LSTM", {"input_forget": 1})]
+TOLERANCE = 2e-5  # onnxruntime computes in float32; the bounds are float64
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engine_models")
+    files = {}
+    for kind in CELL_LOOPS:
+        files[f"loop_{kind}"] = models.export_torch(models.CellLoop(kind), folder / f"loop_{kind}.onnx")
+    for kind, layers, bidirectional in NATIVE:
+        name = f"native_{kind}_l{layers}{'_bi' if bidirectional else ''}"
+        files[name] = models.export_torch(models.Native(kind, layers, bidirectional), folder / f"{name}.onnx")
+    for k, (kind, attributes) in enumerate(ONNX_NODES):
+        name = f"node_{kind}_{k}"
+        files[name] = models.onnx_recurrent(kind, folder / f"{name}.onnx", seed=k, **dict(attributes))
+    return files
+
+
+def _check(path, threat: ThreatModel, method: str, eps: float, seed: int = 0, count: int = 1500) -> tuple[float, float]:
+    """Max violation of the bounds over sampled points, and the mean bound width."""
+    graph = parsers.load_onnx(path)
+    node = perturbed_input(graph, None)
+    rng = np.random.default_rng(seed)
+    shape = tuple(2 if k == node.batch_axis else d for k, d in enumerate(node.shape))
+    x = rng.uniform(-1, 1, size=shape).astype(np.float32)
+    lower, upper = bound_outputs(graph, x, eps, threat.norm, threat.ball, threat.frames, method=method,
+                                 dtype=torch.float64)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = graph.outputs[0]
+    worst = -math.inf
+    for sample in range(2):
+        center_model = np.take(x, [sample], axis=node.batch_axis)
+        center = np.moveaxis(center_model, node.batch_axis, 0).reshape(-1).astype(np.float64)
+        deltas = np.concatenate([random_deltas(node, eps, threat, count, rng),
+                                 gradient_deltas(graph, node, center, eps, threat, out.node, seed=seed)])
+        points = (center + deltas).reshape(len(deltas), *[d for k, d in enumerate(node.shape) if k != node.batch_axis])
+        points = np.moveaxis(points, 0, node.batch_axis).astype(np.float32)
+        values = session.run(None, {node.onnx_name: points})[0]
+        values = np.moveaxis(values, out.batch_axis, 0).reshape(len(deltas), -1)
+        lo = np.take(lower, [sample], axis=out.batch_axis).reshape(-1)
+        up = np.take(upper, [sample], axis=out.batch_axis).reshape(-1)
+        worst = max(worst, float((lo - values).max()), float((values - up).max()))
+    return worst, float((upper - lower).mean())
+
+
+@pytest.mark.parametrize("name", [f"loop_{k}" for k in CELL_LOOPS]
+                         + [f"native_{k}_l{n}{'_bi' if b else ''}" for k, n, b in NATIVE]
+                         + [f"node_{kind}_{k}" for k, (kind, _) in enumerate(ONNX_NODES)])
+@pytest.mark.parametrize("method", ["popqorn", "crown"])
+def test_bounds_contain_onnxruntime_outputs(model_files, name, method):
+    threats = [ThreatModel(2.0, "frame"), ThreatModel(math.inf, "frame", (1, 3)),
+               ThreatModel(1.0, "sequence"), ThreatModel(2.0, "sequence", (0,))]
+    for k, threat in enumerate(threats):
+        violation, width = _check(model_files[name], threat, method, eps=0.3, seed=k, count=600)
+        assert violation <= TOLERANCE, (threat, violation)
+        assert width > 0
+
+
+@pytest.mark.parametrize("name", ["loop_lstm", "native_gru_l1"])
+def test_interval_bounds_are_sound_and_looser(model_files, name):
+    threat = ThreatModel(math.inf, "frame")
+    violation, ibp_width = _check(model_files[name], threat, "ibp", eps=0.1)
+    assert violation <= TOLERANCE
+    _, crown_width = _check(model_files[name], threat, "crown", eps=0.1)
+    _, planes_width = _check(model_files[name], threat, "popqorn", eps=0.1)
+    assert crown_width <= ibp_width * 1.0001
+    assert planes_width <= crown_width * 1.05  # joint planes: never much looser, usually tighter
+
+
+def test_float32_engine_is_sound(model_files):
+    graph = parsers.load_onnx(model_files["loop_lstm"])
+    x = np.random.default_rng(3).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
+    lower32, upper32 = bound_outputs(graph, x, 0.2, 2, dtype=torch.float32)
+    lower64, upper64 = bound_outputs(graph, x, 0.2, 2, dtype=torch.float64)
+    assert np.allclose(lower32, lower64, atol=1e-4) and np.allclose(upper32, upper64, atol=1e-4)
+
+
+def test_zero_radius_bounds_are_the_exact_output(model_files):
+    graph = parsers.load_onnx(model_files["native_lstm_l1"])
+    x = np.random.default_rng(4).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
+    lower, upper = bound_outputs(graph, x, 0.0, "inf", dtype=torch.float64)
+    exact = ort.InferenceSession(str(model_files["native_lstm_l1"])).run(None, {"x": x})[0]
+    assert np.allclose(lower, exact, atol=1e-5) and np.allclose(upper, exact, atol=1e-5)
+    assert (upper - lower).max() < 1e-6

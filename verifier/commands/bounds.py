@@ -1,0 +1,61 @@
+"""`popqorn bounds`: certified lower/upper bounds of a model output over a perturbation set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from verifier.bounds import bound_outputs, output_node
+from verifier.commands import options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    options.add_model(parser)
+    options.add_samples(parser, labels=False)
+    parser.add_argument("--eps", required=True, help="perturbation radius (>= 0)")
+    options.add_threat(parser)
+    options.add_engine(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def run(args: argparse.Namespace) -> int:
+    graph = options.load_graph(args.model)
+    samples = options.load_samples(graph, args, need_labels=False)
+    eps = options.parse_float(args.eps, "--eps")
+    threat = options.threat_from(args)
+    device, dtype = options.engine_from(args)
+    output = options.output_from(args)
+    started = time.perf_counter()
+    lower, upper = bound_outputs(graph, samples.x, eps, threat.norm, threat.ball, threat.frames,
+                                 method=args.method, output=output, input_name=args.input_name,
+                                 device=device, dtype=dtype)
+    elapsed = time.perf_counter() - started
+    out = output_node(graph, output)
+    per_sample_lower, per_sample_upper = _per_sample(lower, out.batch_axis), _per_sample(upper, out.batch_axis)
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "output": out.onnx_name, "eps": eps, **options.describe_threat(threat),
+            "method": args.method, "device": str(device), "dtype": args.dtype,
+            "logits": out.postprocess is not None,
+            "samples": [samples.first_index + k for k in range(len(per_sample_lower))],
+            "lower": [row.reshape(-1).tolist() for row in per_sample_lower],
+            "upper": [row.reshape(-1).tolist() for row in per_sample_upper],
+            "time_s": elapsed}))
+        return 0
+    note = f" (bounds on the logits: {out.postprocess.value} dropped)" if out.postprocess else ""
+    print(f"output {out.onnx_name!r}{note}; eps={eps:g} norm={threat.norm:g} ball={threat.ball} "
+          f"method={args.method}; {elapsed:.3f}s")
+    for k, (lo, up) in enumerate(zip(per_sample_lower, per_sample_upper)):
+        print(f"sample {samples.first_index + k}:")
+        for j, (a, b) in enumerate(zip(lo.reshape(-1), up.reshape(-1))):
+            print(f"  [{j}] {a: .6f} .. {b: .6f}")
+    return 0
+
+
+def _per_sample(values: np.ndarray, batch_axis: int | None) -> list[np.ndarray]:
+    if batch_axis is None:
+        return [values]
+    return list(np.moveaxis(values, batch_axis, 0))
