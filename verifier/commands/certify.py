@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from verifier import forward
+from verifier.bounds import output_node, perturbed_input
 from verifier.certify import SampleResult, SearchOptions, certify
 from verifier.commands import options
 from verifier.errors import InputError
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     at = _parse_at(args.at, threat)
+    _validate(graph, samples, threat, args)
     config = {"model": os.path.basename(args.model), **options.describe_threat(threat), "method": args.method,
               "target": args.target, "per_frame": args.per_frame, "tol": tol}
     done = _read_resume(args.resume, config)
@@ -90,6 +93,24 @@ def run(args: argparse.Namespace) -> int:
         if args.json != "-":
             print(f"plot written to {args.plot}")
     return 0
+
+
+def _validate(graph, samples: options.Samples, threat: ThreatModel, args: argparse.Namespace) -> None:
+    """Refuse bad inputs before any work starts (and before a progress bar is drawn)."""
+    node = perturbed_input(graph, args.input_name)
+    if len(graph.inputs) == 1:
+        forward.flatten_feeds(graph, {node.onnx_name: samples.x})
+    threat.frame_mask(node)
+    classes = graph.sizes()[output_node(graph, options.output_from(args)).node]
+    for name, values in (("label", samples.labels), ("target", None if args.target is None else [args.target])):
+        if values is None:
+            continue
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.integer) and not np.all(np.mod(values, 1) == 0):
+            raise InputError(f"{name}s must be integers")
+        bad = values[(values < 0) | (values >= classes)]
+        if bad.size:
+            raise InputError(f"{name} {int(bad[0])} out of range: the model has {classes} classes (0..{classes - 1})")
 
 
 def summarize(rows: list[dict], at: list[float]) -> dict:

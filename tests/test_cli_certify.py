@@ -1,0 +1,143 @@
+"""`popqorn certify` and `popqorn bounds` as a user meets them: the table, JSON/CSV/plot outputs,
+resuming, and one clear line (no traceback) with a documented exit code for every refusal."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from tests.verifier import models
+from verifier.cli import main
+from verifier.errors import InputError, ModelFileError, PopqornError, UnsupportedOperator
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    path = models.export_torch(models.CellLoop("gru"), folder / "gru.onnx", seed=2)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (5, models.STEPS, models.FEATURES)).astype(np.float32)
+    np.save(folder / "x.npy", x)
+    np.savez(folder / "samples.npz", x=x, y=np.array([0, 1, 2, 0, 1]))
+    return folder, path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_table_summary_and_files(model, capsys):
+    folder, path = model
+    code, out, err = run(capsys, "certify", path, "--input", folder / "samples.npz", "--norm", "2", "--per-frame",
+                         "--csv", folder / "r.csv", "--plot", folder / "r.png", "--json", folder / "r.json",
+                         "--limit", "4", "--start", "1")
+    assert code == 0, err
+    assert "sample label pred" in out and "summary: 4 samples" in out
+    report = json.loads((folder / "r.json").read_text())
+    assert [s["index"] for s in report["samples"]] == [1, 2, 3, 4]
+    assert {"index", "label", "predicted", "radius", "per_frame_radius", "time_s", "misclassified"} <= set(report["samples"][0])
+    assert report["norm"] == "2" and report["ball"] == "frame" and report["frames"] == "all" and report["method"] == "popqorn"
+    assert len(report["samples"][0]["per_frame_radius"]) == models.STEPS
+    rows = list(csv.DictReader(open(folder / "r.csv")))
+    assert len(rows) == 4 and float(rows[0]["radius"]) == pytest.approx(report["samples"][0]["radius"])
+    assert (folder / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_on_stdout_is_the_contract(model, capsys):
+    folder, path = model
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "inf", "--json", "--limit", "2",
+                       "--frames", "0,2", "--method", "crown")
+    assert code == 0
+    report = json.loads(out)
+    assert set(report) >= {"samples", "norm", "ball", "frames", "method", "device"}
+    assert report["frames"] == [0, 2] and report["norm"] == "inf" and report["method"] == "crown"
+    assert all(s["radius"] >= 0 for s in report["samples"])
+
+
+def test_resume_skips_done_samples(model, capsys, monkeypatch):
+    folder, path = model
+    log = folder / "resume.jsonl"
+    code, _, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "2", "--limit", "2", "--resume", log)
+    assert code == 0 and len(log.read_text().splitlines()) == 2
+    import verifier.commands.certify as command
+    calls = []
+    original = command.certify
+    monkeypatch.setattr(command, "certify", lambda graph, x, *a, **k: calls.append(len(x)) or original(graph, x, *a, **k))
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "2", "--resume", log, "--json")
+    assert code == 0 and calls == [3]  # only the three new samples were certified
+    assert [s["index"] for s in json.loads(out)["samples"]] == [0, 1, 2, 3, 4]
+    code, _, err = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "1", "--resume", log)
+    assert code == InputError.exit_code and "different options" in err
+
+
+def test_bounds_json(model, capsys):
+    folder, path = model
+    code, out, _ = run(capsys, "bounds", path, "--input", folder / "x.npy", "--eps", "0.05", "--norm", "2", "--json")
+    assert code == 0
+    report = json.loads(out)
+    lower, upper = np.array(report["lower"]), np.array(report["upper"])
+    assert lower.shape == (5, 3) and (lower <= upper).all()
+
+
+@pytest.mark.parametrize("case, code, message", [
+    ("missing_model", ModelFileError.exit_code, "not found"),
+    ("not_onnx", ModelFileError.exit_code, ""),
+    ("missing_input", InputError.exit_code, "not found"),
+    ("wrong_shape", InputError.exit_code, "shape"),
+    ("nan", InputError.exit_code, "NaN"),
+    ("negative_eps", InputError.exit_code, "eps"),
+    ("bad_norm", InputError.exit_code, "norm"),
+    ("frames", InputError.exit_code, "out of range"),
+    ("label", InputError.exit_code, "out of range"),
+    ("gpu", InputError.exit_code, "cuda"),
+    ("tol", InputError.exit_code, "tol"),
+])
+def test_errors_are_one_line_with_exit_codes(model, capsys, case, code, message, tmp_path):
+    folder, path = model
+    x = np.load(folder / "x.npy")
+    args = ["certify", path, "--input", folder / "x.npy", "--norm", "2"]
+    if case == "missing_model":
+        args[1] = tmp_path / "nope.onnx"
+    elif case == "not_onnx":
+        (tmp_path / "junk.onnx").write_bytes(b"\x00garbage, not a protobuf\xff" * 10)
+        args[1] = tmp_path / "junk.onnx"
+    elif case == "missing_input":
+        args[3] = tmp_path / "nope.npy"
+    elif case == "wrong_shape":
+        np.save(tmp_path / "bad.npy", x[:, :, :2])
+        args[3] = tmp_path / "bad.npy"
+    elif case == "nan":
+        x = x.copy()
+        x[0, 0, 0] = np.nan
+        np.save(tmp_path / "nan.npy", x)
+        args[3] = tmp_path / "nan.npy"
+    elif case == "negative_eps":
+        args = ["bounds", path, "--input", folder / "x.npy", "--eps", "-0.1"]
+    elif case == "bad_norm":
+        args[-1] = "3"
+    elif case == "frames":
+        args += ["--frames", "0,9"]
+    elif case == "label":
+        np.save(tmp_path / "y.npy", np.array([0, 1, 7, 0, 1]))
+        args += ["--labels", tmp_path / "y.npy"]
+    elif case == "gpu":
+        args += ["--device", "cuda"]
+    elif case == "tol":
+        args += ["--tol", "2"]
+    got, out, err = run(capsys, *args)
+    assert got == code, err
+    assert err.startswith("popqorn: error:") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_documents_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for error in (PopqornError, ModelFileError, UnsupportedOperator, InputError):
+        assert f"  {error.exit_code}  " in out

@@ -1,0 +1,98 @@
+"""Certified radius search: the radius is certified (bounds prove it), no attack beats it, the
+bracket is tight to the tolerance, and the batched per-frame / targeted variants agree with
+separate runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import parsers
+from tests.verifier import models
+from tests.verifier.sampling import gradient_deltas
+from verifier.bounds import make_batch
+from verifier.certify import SearchOptions, certify, margin_lower_bounds, margin_spec
+from verifier.relaxations import RELAXERS
+from verifier.threat import ThreatModel
+
+
+@pytest.fixture(scope="module")
+def lstm(tmp_path_factory):
+    path = models.export_torch(models.CellLoop("lstm"), tmp_path_factory.mktemp("certify") / "lstm.onnx", seed=1)
+    return path, parsers.load_onnx(path)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return np.random.default_rng(7).uniform(-1, 1, (4, models.STEPS, models.FEATURES)).astype(np.float32)
+
+
+def _predictions(path, x):
+    return ort.InferenceSession(str(path)).run(None, {"x": x})[0].argmax(1)
+
+
+@pytest.mark.parametrize("norm", [1.0, 2.0, math.inf])
+def test_radius_is_certified_and_not_beaten_by_attacks(lstm, samples, norm):
+    path, graph = lstm
+    options = SearchOptions(tol=1e-3)
+    results = certify(graph, samples, norm, options=options, dtype=torch.float64)
+    threat = ThreatModel(norm, "frame")
+    session = ort.InferenceSession(str(path))
+    batch = make_batch(graph, samples, dtype=torch.float64)
+    labels = torch.tensor([r.label for r in results])
+    for k, result in enumerate(results):
+        assert result.radius > 0 and not result.misclassified
+        spec = margin_spec(labels[k:k + 1], 3, None)
+        bounds_at = lambda eps: margin_lower_bounds(graph, batch.select(torch.tensor([k])), torch.tensor([eps], dtype=torch.float64),
+                                                    threat, spec, RELAXERS["popqorn"], graph.outputs[0].node)
+        assert (bounds_at(result.radius) > 0).all()  # certified where it says
+        assert not (bounds_at(result.radius * (1 + 3 * options.tol)) > 0).all()  # and the bracket is tight
+        # gradient attacks on every margin at the certified radius never flip the prediction
+        node = graph.inputs[0]
+        deltas = gradient_deltas(graph, node, batch.center[k].numpy(), result.radius, threat, graph.outputs[0].node, steps=20)
+        points = (batch.center[k].numpy() + deltas).reshape(-1, models.STEPS, models.FEATURES).astype(np.float32)
+        assert (session.run(None, {"x": points})[0].argmax(1) == result.label).all()
+
+
+def test_methods_rank_as_expected(lstm, samples):
+    _, graph = lstm
+    radii = {m: np.array([r.radius for r in certify(graph, samples, 2.0, options=SearchOptions(method=m), dtype=torch.float64)])
+             for m in ("ibp", "crown", "popqorn")}
+    assert (radii["ibp"] <= radii["crown"] * 1.002).all()
+    assert radii["popqorn"].mean() >= radii["crown"].mean() * 0.999
+
+
+def test_per_frame_radii_match_separate_runs(lstm, samples):
+    _, graph = lstm
+    joint = certify(graph, samples[:2], 2.0, per_frame=True, dtype=torch.float64)
+    for t in range(models.STEPS):
+        alone = certify(graph, samples[:2], 2.0, frames=(t,), dtype=torch.float64)
+        for a, b in zip(joint, alone):
+            assert a.per_frame_radius[t] == pytest.approx(b.radius, rel=1e-9)
+    full = certify(graph, samples[:2], 2.0, dtype=torch.float64)
+    assert [a.radius for a in joint] == pytest.approx([b.radius for b in full], rel=1e-9)
+
+
+def test_targeted_radius_is_at_least_the_untargeted_one(lstm, samples):
+    path, graph = lstm
+    untargeted = certify(graph, samples, math.inf, dtype=torch.float64)
+    for result in untargeted:
+        target = (result.label + 1) % 3
+        single = samples[result.index:result.index + 1]
+        targeted = certify(graph, single, math.inf, target=target, dtype=torch.float64)[0]
+        assert targeted.target == target
+        assert targeted.radius >= result.radius * (1 - 2e-3)
+
+
+def test_misclassified_samples_get_radius_zero_and_a_flag(lstm, samples):
+    path, graph = lstm
+    predicted = _predictions(path, samples)
+    wrong = (predicted + 1) % 3
+    results = certify(graph, samples, 2.0, labels=wrong)
+    assert all(r.misclassified and r.radius == 0.0 for r in results)
+    assert [r.predicted for r in results] == predicted.tolist()
+    assert all(r.to_json()["misclassified"] for r in results)
