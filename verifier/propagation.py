@@ -40,11 +40,14 @@ class _Backward:
     upper_const: Tensor
 
     def push(self, name: str, lower: Tensor, upper: Tensor) -> None:
-        for store, coefficients in ((self.lower, lower), (self.upper, upper)):
-            if name in store:
-                store[name] = store[name] + coefficients
-            else:
-                store[name] = coefficients
+        """Add coefficients for `name`. Until the first nonlinearity the lower and upper
+        coefficients are one tensor; keeping them shared halves the work there."""
+        if name not in self.lower:
+            self.lower[name], self.upper[name] = lower, upper
+            return
+        shared = self.lower[name] is self.upper[name] and lower is upper
+        self.lower[name] = self.lower[name] + lower
+        self.upper[name] = self.lower[name] if shared else self.upper[name] + upper
 
 
 class Propagator:
@@ -142,11 +145,14 @@ class Propagator:
                 state.lower_const = state.lower_const + region.minimize(a_lower)
                 state.upper_const = state.upper_const + region.maximize(a_upper)
             case ir.Affine():
-                state.push(node.input, _affine_transpose(node, a_lower), _affine_transpose(node, a_upper))
+                shared = a_lower is a_upper
+                lower_in = _affine_transpose(node, a_lower)
+                state.push(node.input, lower_in, lower_in if shared else _affine_transpose(node, a_upper))
                 if node.bias is not None:
                     bias = constant(node.bias, a_lower)
-                    state.lower_const = state.lower_const + a_lower @ bias
-                    state.upper_const = state.upper_const + a_upper @ bias
+                    lower_bias = a_lower @ bias
+                    state.lower_const = state.lower_const + lower_bias
+                    state.upper_const = state.upper_const + (lower_bias if shared else a_upper @ bias)
             case ir.Add(inputs=xs):
                 for x in xs:
                     state.push(x, a_lower, a_upper)
@@ -154,13 +160,15 @@ class Propagator:
                 start = 0
                 for x in xs:
                     width = self.sizes[x]
-                    state.push(x, a_lower[..., start:start + width], a_upper[..., start:start + width])
+                    part = a_lower[..., start:start + width]
+                    state.push(x, part, part if a_lower is a_upper else a_upper[..., start:start + width])
                     start += width
             case ir.Select():
                 index = constant(node.indices, a_lower.new_empty(0, dtype=torch.long))
                 shape = (*a_lower.shape[:2], self.sizes[node.input])
-                state.push(node.input, a_lower.new_zeros(shape).index_add_(2, index, a_lower),
-                           a_upper.new_zeros(shape).index_add_(2, index, a_upper))
+                lower_in = a_lower.new_zeros(shape).index_add_(2, index, a_lower)
+                state.push(node.input, lower_in, lower_in if a_lower is a_upper
+                           else a_upper.new_zeros(shape).index_add_(2, index, a_upper))
             case ir.Activation():
                 lines = self._relaxation(node)
                 lower_in, lower_const = _split(a_lower, lines.lower_slope, lines.lower_intercept,
