@@ -40,7 +40,8 @@ def model_files(tmp_path_factory):
     return files
 
 
-def _check(path, threat: ThreatModel, method: str, eps: float, seed: int = 0, count: int = 1500) -> tuple[float, float]:
+def _check(path, threat: ThreatModel, method: str, eps: float, seed: int = 0, count: int = 1500,
+           dtype: torch.dtype = torch.float64) -> tuple[float, float]:
     """Max violation of the bounds over sampled points, and the mean bound width."""
     graph = parsers.load_onnx(path)
     node = perturbed_input(graph, None)
@@ -48,7 +49,7 @@ def _check(path, threat: ThreatModel, method: str, eps: float, seed: int = 0, co
     shape = tuple(2 if k == node.batch_axis else d for k, d in enumerate(node.shape))
     x = rng.uniform(-1, 1, size=shape).astype(np.float32)
     lower, upper = bound_outputs(graph, x, eps, threat.norm, threat.ball, threat.frames, method=method,
-                                 dtype=torch.float64)
+                                 dtype=dtype)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = graph.outputs[0]
     worst = -math.inf
@@ -91,18 +92,17 @@ def test_interval_bounds_are_sound_and_looser(model_files, name):
     assert planes_width <= crown_width * 1.05  # joint planes: never much looser, usually tighter
 
 
-def test_float32_engine_is_sound(model_files):
-    graph = parsers.load_onnx(model_files["loop_lstm"])
-    x = np.random.default_rng(3).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
-    lower32, upper32 = bound_outputs(graph, x, 0.2, 2, dtype=torch.float32)
-    lower64, upper64 = bound_outputs(graph, x, 0.2, 2, dtype=torch.float64)
-    assert np.allclose(lower32, lower64, atol=1e-4) and np.allclose(upper32, upper64, atol=1e-4)
+@pytest.mark.parametrize("name", ["loop_lstm", "loop_gru", "loop_rnn_relu"])
+def test_float32_engine_is_sound(model_files, name):
+    for k, threat in enumerate([ThreatModel(2.0, "frame"), ThreatModel(math.inf, "sequence", (0, 2))]):
+        violation, _ = _check(model_files[name], threat, "popqorn", eps=0.3, seed=k, count=600, dtype=torch.float32)
+        assert violation <= TOLERANCE, (threat, violation)
 
 
 def test_zero_radius_bounds_are_the_exact_output(model_files):
-    graph = parsers.load_onnx(model_files["native_lstm_l1"])
+    graph = parsers.load_onnx(model_files["loop_lstm"])
     x = np.random.default_rng(4).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
     lower, upper = bound_outputs(graph, x, 0.0, "inf", dtype=torch.float64)
-    exact = ort.InferenceSession(str(model_files["native_lstm_l1"])).run(None, {"x": x})[0]
+    exact = ort.InferenceSession(str(model_files["loop_lstm"])).run(None, {"x": x})[0]
     assert np.allclose(lower, exact, atol=1e-5) and np.allclose(upper, exact, atol=1e-5)
     assert (upper - lower).max() < 1e-6
