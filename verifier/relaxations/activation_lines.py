@@ -108,10 +108,8 @@ def _chord(fn: ActivationFn, lower: Tensor, upper: Tensor) -> Tensor:
     return torch.where(width > WIDTH_EPS, chord, derivative(fn, lower))
 
 
-def _tangent_through(fn: ActivationFn, anchor: Tensor, lower: Tensor, upper: Tensor, steps: int = 40) -> Tensor:
-    """Slope of the tangent at some d in [lower, upper] whose line passes through (anchor, f(anchor))
-    — the CROWN choice for S-shaped functions crossing zero — by vectorised bisection on d.
-    Returns NaN where no such tangent exists in the range."""
+def _bisect_tangent(fn: ActivationFn, anchor: Tensor, lower: Tensor, upper: Tensor, steps: int) -> Tensor:
+    """Point d in [lower, upper] whose tangent passes through (anchor, f(anchor)), by bisection."""
     f_anchor = activations.apply(fn, anchor)
     gap = lambda d: activations.apply(fn, d) + derivative(fn, d) * (anchor - d) - f_anchor
     lo, hi = lower.clone(), upper.clone()
@@ -121,8 +119,39 @@ def _tangent_through(fn: ActivationFn, anchor: Tensor, lower: Tensor, upper: Ten
         same = torch.sign(gap(mid)) == sign_lo
         lo = torch.where(same, mid, lo)
         hi = torch.where(same, hi, mid)
-    exists = torch.sign(gap(upper)) != sign_lo
-    return torch.where(exists, derivative(fn, (lo + hi) / 2), torch.full_like(lo, math.nan))
+    return (lo + hi) / 2
+
+
+_TANGENT_TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}
+TABLE_REACH, TABLE_SIZE = 40.0, 4001
+
+
+def _tangent_table(fn: ActivationFn, like: Tensor) -> tuple[Tensor, Tensor]:
+    """For anchors a <= 0 on a grid, the tangent point d(a) >= 0 (odd-symmetric S-shaped functions
+    have d(-a) = -d(a) for the mirrored case). Computed once per function, dtype and device."""
+    key = (fn.kind, like.dtype, like.device)
+    if key not in _TANGENT_TABLES:
+        anchors = torch.linspace(-TABLE_REACH, 0, TABLE_SIZE, dtype=torch.float64)
+        points = _bisect_tangent(fn, anchors, torch.zeros_like(anchors), torch.full_like(anchors, TABLE_REACH), 80)
+        _TANGENT_TABLES[key] = (anchors.to(like), points.to(like))
+    return _TANGENT_TABLES[key]
+
+
+def _tangent_through(fn: ActivationFn, anchor: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """Slope of the tangent at some d in [lower, upper] whose line passes through (anchor, f(anchor))
+    — the CROWN choice for S-shaped functions crossing zero — read from a precomputed table of
+    tangent points (interpolated; only tightness depends on its accuracy, the intercepts are exact).
+    NaN where the tangent point falls outside [lower, upper]."""
+    anchors, points = _tangent_table(fn, anchor)
+    mirrored = anchor > 0  # lower-line case: use symmetry f(-x) = c - f(x) of sigmoid/tanh/softsign
+    a = torch.where(mirrored, -anchor, anchor).clamp(min=-TABLE_REACH, max=0)
+    position = (a + TABLE_REACH) / TABLE_REACH * (TABLE_SIZE - 1)
+    index = position.floor().long().clamp(max=TABLE_SIZE - 2)
+    weight = position - index
+    point = points[index] * (1 - weight) + points[index + 1] * weight
+    point = torch.where(mirrored, -point, point)
+    inside = (point >= lower) & (point <= upper) & (anchor.abs() < TABLE_REACH)  # beyond the table: chord
+    return torch.where(inside, derivative(fn, point), torch.full_like(point, math.nan))
 
 
 def _s_shaped_slopes(fn: ActivationFn, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:

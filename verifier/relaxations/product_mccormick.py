@@ -39,10 +39,9 @@ def _plane(coef_a: Tensor, coef_b: Tensor, const: Tensor, a_lines: Lines, b_line
     return x_slope, y_slope, x_const + y_const + const
 
 
-def relax_product_mccormick(left_fn: ActivationFn | None, right_fn: ActivationFn | None,
-                            x_lower: Tensor, x_upper: Tensor, y_lower: Tensor, y_upper: Tensor) -> Planes:
-    dtype = x_lower.dtype
-    xl, xu, yl, yu = (t.double() for t in (x_lower, x_upper, y_lower, y_upper))
+def mccormick_candidates(left_fn: ActivationFn | None, right_fn: ActivationFn | None,
+                         xl: Tensor, xu: Tensor, yl: Tensor, yu: Tensor) -> tuple[list, list]:
+    """The two lower and the two upper McCormick planes, each (x slope, y slope, constant)."""
     (a, a_lines), (b, b_lines) = factor(left_fn, xl, xu), factor(right_fn, yl, yu)
     # a*b >= al*b + bl*a - al*bl  and  a*b >= au*b + bu*a - au*bu
     lower_planes = [_plane(b.lower, a.lower, -a.lower * b.lower, a_lines, b_lines, True),
@@ -50,6 +49,14 @@ def relax_product_mccormick(left_fn: ActivationFn | None, right_fn: ActivationFn
     # a*b <= au*b + bl*a - au*bl  and  a*b <= al*b + bu*a - al*bu
     upper_planes = [_plane(b.lower, a.upper, -a.upper * b.lower, a_lines, b_lines, False),
                     _plane(b.upper, a.lower, -a.lower * b.upper, a_lines, b_lines, False)]
+    return lower_planes, upper_planes
+
+
+def relax_product_mccormick(left_fn: ActivationFn | None, right_fn: ActivationFn | None,
+                            x_lower: Tensor, x_upper: Tensor, y_lower: Tensor, y_upper: Tensor) -> Planes:
+    dtype = x_lower.dtype
+    xl, xu, yl, yu = (t.double() for t in (x_lower, x_upper, y_lower, y_upper))
+    lower_planes, upper_planes = mccormick_candidates(left_fn, right_fn, xl, xu, yl, yu)
     xc, yc = (xl + xu) / 2, (yl + yu) / 2
     lower = _best(lower_planes, xc, yc, prefer_high=True)
     upper = _best(upper_planes, xc, yc, prefer_high=False)

@@ -15,6 +15,8 @@ at the box centre — and the McCormick planes; per neuron the candidate enclosi
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -22,7 +24,7 @@ from verifier import activations
 from verifier.ir import Act, ActivationFn
 from verifier.relaxations.activation_lines import critical_points, derivative
 from verifier.relaxations.base import Planes
-from verifier.relaxations.product_mccormick import relax_product_mccormick, to_dtype
+from verifier.relaxations.product_mccormick import mccormick_candidates, relax_product_mccormick, to_dtype
 
 S_SHAPED = (Act.SIGMOID, Act.TANH)
 FIT_POINTS = 6  # least-squares grid per axis
@@ -97,6 +99,60 @@ def _gradient(left_fn, right_fn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return derivative(left_fn, x) * right, _apply(left_fn, x) * right_slope
 
 
+def _best_y_slope(minima: Tensor, ys: Tensor, yc: Tensor) -> tuple[Tensor, Tensor]:
+    """max over B of min_j (minima_j - B*(y_j - yc)): a one-variable LP whose optimum is the
+    lowest crossing of a line rising in B (y_j < yc) with a falling one (y_j > yc).
+    Returns (value, B) at that optimum; minima and ys are (..., J)."""
+    below = ys.unsqueeze(-1) < yc[..., None, None]  # (..., J, 1) line i rises
+    above = ys.unsqueeze(-2) > yc[..., None, None]  # (..., 1, J) line k falls
+    yi, yk = ys.unsqueeze(-1), ys.unsqueeze(-2)
+    mi, mk = minima.unsqueeze(-1), minima.unsqueeze(-2)
+    span = (yk - yi).clamp(min=1e-300)
+    slope = (mk - mi) / span  # B where lines i and k cross
+    value = mi - slope * (yi - yc[..., None, None])
+    valid = below & above
+    value = torch.where(valid, value, torch.full_like(value, math.inf)).flatten(-2)
+    best, index = value.min(-1)
+    slope = torch.gather(slope.flatten(-2), -1, index.unsqueeze(-1)).squeeze(-1)
+    # no crossing (y box of zero width): B is free; take the flat plane on the single line
+    flat = ~torch.isfinite(best)
+    return torch.where(flat, minima.amin(-1), best), torch.where(flat, torch.zeros_like(best), slope)
+
+
+def _searched_slopes(left_fn, right_fn, xl, xu, yl, yu, upper: bool, lines: int = 4, grid: int = 8,
+                     rounds: int = 2) -> tuple[Tensor, Tensor]:
+    """Slopes (A, B) of the plane with the best value at the box centre. The objective is concave in
+    A, and for each A the best B is closed-form (_best_y_slope), so a vectorised grid over A,
+    refined once around the winner, finds it. Uses a few y lines (exact when the y factor is
+    linear); the caller makes the final constant rigorous."""
+    sign = -1.0 if upper else 1.0  # an upper plane of f is minus a lower plane of -f
+    if right_fn is None:
+        ys = torch.stack([yl, yu], -1)
+    else:
+        ys = yl.unsqueeze(-1) + (yu - yl).unsqueeze(-1) * torch.linspace(0, 1, lines, dtype=yl.dtype, device=yl.device)
+    weights = sign * _apply(right_fn, ys)
+    xc, yc = (xl + xu) / 2, (yl + yu) / 2
+    g_low, g_high = _derivative_range(left_fn, xl, xu)
+    w_low, w_high = weights.amin(-1), weights.amax(-1)
+    corners = torch.stack([g_low * w_low, g_low * w_high, g_high * w_low, g_high * w_high])
+    low, high = corners.amin(0), corners.amax(0)
+    steps = torch.linspace(0, 1, grid, dtype=xl.dtype, device=xl.device)
+    # tensors laid out (grid, ..., lines)
+    ys_g, weights_g = ys.unsqueeze(0), weights.unsqueeze(0)
+    xl_g, xu_g, xc_g, yc_g = (t.unsqueeze(0) for t in (xl, xu, xc, yc))
+    for _ in range(rounds):
+        a = low.unsqueeze(0) + (high - low).unsqueeze(0) * steps.reshape(-1, *[1] * low.dim())
+        shape = (*a.shape, ys.shape[-1])
+        minima, _ = _edge_extremes(left_fn, weights_g.expand(shape), a.unsqueeze(-1).expand(shape),
+                                   xl_g.unsqueeze(-1).expand(shape), xu_g.unsqueeze(-1).expand(shape))
+        value, b = _best_y_slope(minima, ys_g.expand(shape), yc_g.expand(a.shape))
+        best = (value + a * xc_g).argmax(0, keepdim=True)
+        a_best, b_best = a.gather(0, best).squeeze(0), b.gather(0, best).squeeze(0)
+        spacing = (high - low) / (grid - 1)
+        low, high = a_best - spacing, a_best + spacing
+    return sign * a_best, sign * b_best
+
+
 def relax_product_planes(left_fn: ActivationFn | None, right_fn: ActivationFn | None,
                          x_lower: Tensor, x_upper: Tensor, y_lower: Tensor, y_upper: Tensor) -> Planes:
     """Tightest of the candidate planes per neuron; McCormick for products this module does not handle."""
@@ -106,17 +162,28 @@ def relax_product_planes(left_fn: ActivationFn | None, right_fn: ActivationFn | 
     xl, xu, yl, yu = (t.double() for t in (x_lower, x_upper, y_lower, y_upper))
     xu, yu = torch.maximum(xu, xl), torch.maximum(yu, yl)
     xc, yc = (xl + xu) / 2, (yl + yu) / 2
-    candidates = [_least_squares_slopes(left_fn, right_fn, xl, xu, yl, yu), _gradient(left_fn, right_fn, xc, yc)]
-    mccormick = relax_product_mccormick(left_fn, right_fn, xl, xu, yl, yu)
-    best_lower = (mccormick.lower_x, mccormick.lower_y, mccormick.lower_const)
-    best_upper = (mccormick.upper_x, mccormick.upper_y, mccormick.upper_const)
-    at_centre = lambda p: p[0] * xc + p[1] * yc + p[2]
-    for a, b in candidates:
-        low, high = sound_constants(left_fn, right_fn, a, b, xl, xu, yl, yu)
-        lower, upper = (a, b, low), (a, b, high)
-        # switch only on a clear win, so last-bit noise in the bounds does not flip choices
-        better_lower = at_centre(lower) > at_centre(best_lower) + TIE * (1 + at_centre(best_lower).abs())
-        better_upper = at_centre(upper) < at_centre(best_upper) - TIE * (1 + at_centre(best_upper).abs())
-        best_lower = tuple(torch.where(better_lower, n, o) for n, o in zip(lower, best_lower))
-        best_upper = tuple(torch.where(better_upper, n, o) for n, o in zip(upper, best_upper))
-    return to_dtype(Planes(*best_lower, *best_upper), xl, xu, yl, yu, dtype)
+    lower_mccormick, upper_mccormick = mccormick_candidates(left_fn, right_fn, xl, xu, yl, yu)
+    # every candidate's slopes serve both sides once its constants are recomputed exactly
+    candidates = [*((p[0], p[1]) for p in (*lower_mccormick, *upper_mccormick)),
+                  _searched_slopes(left_fn, right_fn, xl, xu, yl, yu, upper=False),
+                  _searched_slopes(left_fn, right_fn, xl, xu, yl, yu, upper=True),
+                  _least_squares_slopes(left_fn, right_fn, xl, xu, yl, yu)]
+    # all candidates at once: (candidates, ...) tensors; constants made rigorous for each
+    a = torch.stack([c[0] for c in candidates])
+    b = torch.stack([c[1] for c in candidates])
+    box = [t.unsqueeze(0).expand_as(a) for t in (xl, xu, yl, yu)]
+    low, high = sound_constants(left_fn, right_fn, a, b, *box)
+    # the McCormick planes come with constants sound by construction: keep whichever is tighter
+    inf = torch.full_like(xl, math.inf)
+    low = torch.maximum(low, torch.stack([p[2] for p in lower_mccormick] + [-inf] * (len(candidates) - 2)))
+    high = torch.minimum(high, torch.stack([inf, inf] + [p[2] for p in upper_mccormick] + [inf] * (len(candidates) - 4)))
+    centre_lower = a * xc + b * yc + low
+    centre_upper = a * xc + b * yc + high
+    # prefer the first candidate on near-ties, so last-bit noise in the bounds does not flip choices
+    tie = TIE * (1 + centre_lower.abs())
+    pick_lower = (centre_lower - tie * torch.arange(len(candidates), device=a.device).reshape(-1, *[1] * xl.dim())).argmax(0, keepdim=True)
+    pick_upper = (centre_upper + tie * torch.arange(len(candidates), device=a.device).reshape(-1, *[1] * xl.dim())).argmin(0, keepdim=True)
+    take = lambda t, index: t.gather(0, index).squeeze(0)
+    planes = Planes(take(a, pick_lower), take(b, pick_lower), take(low, pick_lower),
+                    take(a, pick_upper), take(b, pick_upper), take(high, pick_upper))
+    return to_dtype(planes, xl, xu, yl, yu, dtype)
