@@ -135,7 +135,7 @@ def bound_outputs(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], eps: f
     radius = as_eps(eps, batch)
     out = output_node(graph, output)
     propagator = Propagator(graph, ball_regions(batch, radius, threat), relaxer_for(method))
-    with torch.no_grad():
+    with torch.inference_mode():
         lower, upper = propagator.bound(out.node)
     return _to_output_layout(out, lower), _to_output_layout(out, upper)
 
@@ -159,7 +159,7 @@ def bound_linear_box(graph: ir.Graph, lower: np.ndarray, upper: np.ndarray, spec
     spec_t = torch.as_tensor(np.asarray(spec, dtype=np.float64), dtype=dtype, device=device)
     spec_t = spec_t.expand(box_lower.shape[0], *spec_t.shape[-2:])
     propagator = Propagator(graph, {node.name: BoxRegion(box_lower, box_upper)}, relaxer_for(method))
-    with torch.no_grad():
+    with torch.inference_mode():
         result, _ = propagator.bound(out.node, spec_t)
     values = result.double().cpu().numpy()
     if offset is not None:

@@ -120,7 +120,7 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     mask = torch.as_tensor(threat.frame_mask(batch.node), device=batch.center.device)
     out = output_node(graph, output)
     relaxer = relaxer_for(options.method)
-    with torch.no_grad():
+    with torch.inference_mode():
         logits = forward.run(graph, {k: v.double() for k, v in batch.feeds().items()})[out.node]
     num_classes = logits.shape[1]
     predicted = logits.argmax(1)
@@ -138,7 +138,7 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     rows_correct = correct.repeat_interleave(variants, 0)
 
     def is_certified(rows: Tensor, eps: Tensor) -> Tensor:
-        with torch.no_grad():
+        with torch.inference_mode():
             lower = margin_lower_bounds(graph, rows_batch.select(rows), eps, threat, rows_spec[rows],
                                         relaxer, out.node, rows_mask[rows])
         return (lower > 0).all(dim=1)

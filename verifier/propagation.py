@@ -227,7 +227,7 @@ def _split(a: Tensor, slope_pos: Tensor, intercept_pos: Tensor,
 
 def _dot(a: Tensor, per_neuron: Tensor) -> Tensor:
     """sum_n a[b, m, n] * v[b, n] -> (batch, m)."""
-    return torch.einsum("bmn,bn->bm", a, per_neuron)
+    return torch.matmul(a, per_neuron.unsqueeze(-1)).squeeze(-1)
 
 
 _CONSTANTS: dict[tuple[int, torch.dtype, torch.device], tuple[np.ndarray, Tensor]] = {}

@@ -138,7 +138,7 @@ class BallRegion(Region):
         return self.center - radius, self.center + radius
 
     def minimize(self, coefficients: Tensor) -> Tensor:
-        value = torch.einsum("bmn,bn->bm", coefficients, self.center)
+        value = _dot(coefficients, self.center)
         grouped = coefficients[:, :, self.groups]  # (batch, m, frames, per_frame)
         grouped = grouped * self.frame_mask[:, None, :, None].to(grouped)
         q = dual_norm(self.norm)
@@ -163,7 +163,7 @@ class BoxRegion(Region):
 
     def minimize(self, coefficients: Tensor) -> Tensor:
         radius = (self.upper - self.lower) / 2
-        return (torch.einsum("bmn,bn->bm", coefficients, self.center)
+        return (_dot(coefficients, self.center)
                 - torch.einsum("bmn,bn->bm", coefficients.abs(), radius))
 
 
@@ -177,7 +177,12 @@ class PointRegion(Region):
         return self.center, self.center
 
     def minimize(self, coefficients: Tensor) -> Tensor:
-        return torch.einsum("bmn,bn->bm", coefficients, self.center)
+        return _dot(coefficients, self.center)
+
+
+def _dot(coefficients: Tensor, vector: Tensor) -> Tensor:
+    """sum_n coefficients[b, m, n] * vector[b, n] -> (batch, m)."""
+    return torch.matmul(coefficients, vector.unsqueeze(-1)).squeeze(-1)
 
 
 def project(node: ir.Input, delta: Tensor, eps: Tensor, threat: ThreatModel,

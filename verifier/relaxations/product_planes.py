@@ -119,18 +119,18 @@ def _best_y_slope(minima: Tensor, ys: Tensor, yc: Tensor) -> tuple[Tensor, Tenso
     return torch.where(flat, minima.amin(-1), best), torch.where(flat, torch.zeros_like(best), slope)
 
 
-def _searched_slopes(left_fn, right_fn, xl, xu, yl, yu, upper: bool, lines: int = 4, grid: int = 8,
+def _searched_slopes(left_fn, right_fn, xl, xu, yl, yu, sign: Tensor, lines: int = 4, grid: int = 8,
                      rounds: int = 2) -> tuple[Tensor, Tensor]:
     """Slopes (A, B) of the plane with the best value at the box centre. The objective is concave in
     A, and for each A the best B is closed-form (_best_y_slope), so a vectorised grid over A,
     refined once around the winner, finds it. Uses a few y lines (exact when the y factor is
-    linear); the caller makes the final constant rigorous."""
-    sign = -1.0 if upper else 1.0  # an upper plane of f is minus a lower plane of -f
+    linear); the caller makes the final constant rigorous. sign +1 asks for a lower plane, -1 for
+    an upper one (an upper plane of f is minus a lower plane of -f); both sides run in one batch."""
     if right_fn is None:
         ys = torch.stack([yl, yu], -1)
     else:
         ys = yl.unsqueeze(-1) + (yu - yl).unsqueeze(-1) * torch.linspace(0, 1, lines, dtype=yl.dtype, device=yl.device)
-    weights = sign * _apply(right_fn, ys)
+    weights = sign.unsqueeze(-1) * _apply(right_fn, ys)
     xc, yc = (xl + xu) / 2, (yl + yu) / 2
     g_low, g_high = _derivative_range(left_fn, xl, xu)
     w_low, w_high = weights.amin(-1), weights.amax(-1)
@@ -164,9 +164,11 @@ def relax_product_planes(left_fn: ActivationFn | None, right_fn: ActivationFn | 
     xc, yc = (xl + xu) / 2, (yl + yu) / 2
     lower_mccormick, upper_mccormick = mccormick_candidates(left_fn, right_fn, xl, xu, yl, yu)
     # every candidate's slopes serve both sides once its constants are recomputed exactly
+    both = lambda t: torch.stack([t, t])
+    sign = torch.tensor([1.0, -1.0], dtype=xl.dtype, device=xl.device).reshape(2, *[1] * xl.dim())
+    searched_a, searched_b = _searched_slopes(left_fn, right_fn, both(xl), both(xu), both(yl), both(yu), sign)
     candidates = [*((p[0], p[1]) for p in (*lower_mccormick, *upper_mccormick)),
-                  _searched_slopes(left_fn, right_fn, xl, xu, yl, yu, upper=False),
-                  _searched_slopes(left_fn, right_fn, xl, xu, yl, yu, upper=True),
+                  (searched_a[0], searched_b[0]), (searched_a[1], searched_b[1]),
                   _least_squares_slopes(left_fn, right_fn, xl, xu, yl, yu)]
     # all candidates at once: (candidates, ...) tensors; constants made rigorous for each
     a = torch.stack([c[0] for c in candidates])
