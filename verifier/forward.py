@@ -99,7 +99,7 @@ def evaluate(graph: ir.Graph, feeds: dict[str, np.ndarray], device: str | torch.
              dtype: torch.dtype = torch.float64) -> list[np.ndarray]:
     """Outputs of the model for `feeds`, like onnxruntime's InferenceSession.run(None, feeds)."""
     flat, _ = flatten_feeds(graph, feeds)
-    inputs = {k: torch.as_tensor(np.ascontiguousarray(v), dtype=dtype, device=device) for k, v in flat.items()}
+    inputs = {k: torch.as_tensor(np.array(v, dtype=np.float64), dtype=dtype, device=device) for k, v in flat.items()}
     with torch.no_grad():
         values = run(graph, inputs)
     results = [unflatten_output(out, values[out.node]) for out in graph.outputs]
