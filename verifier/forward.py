@@ -9,6 +9,7 @@ from torch import Tensor
 
 from verifier import activations, ir
 from verifier.errors import InputError
+from verifier.tensors import constant
 
 
 def run(graph: ir.Graph, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -30,20 +31,20 @@ def run(graph: ir.Graph, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
             case ir.Concat(inputs=xs):
                 values[node.name] = torch.cat([values[x] for x in xs], dim=1)
             case ir.Select():
-                index = torch.as_tensor(node.indices, device=values[node.input].device)
+                index = constant(node.indices, values[node.input].new_empty(0, dtype=torch.long))
                 values[node.name] = values[node.input].index_select(1, index)
     return values
 
 
 def affine(node: ir.Affine, x: Tensor) -> Tensor:
-    weight = torch.as_tensor(node.weight, dtype=x.dtype, device=x.device)
+    weight = constant(node.weight, x)
     if weight.ndim == 1:
         y = x * weight
     else:
         batch = x.shape[0]
         y = (x.reshape(batch, -1, weight.shape[1]) @ weight.T).reshape(batch, -1)
     if node.bias is not None:
-        y = y + torch.as_tensor(node.bias, dtype=x.dtype, device=x.device)
+        y = y + constant(node.bias, x)
     return y
 
 

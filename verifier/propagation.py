@@ -22,6 +22,7 @@ from torch import Tensor
 from verifier import ir
 from verifier.relaxations import Relaxer, interval_activation, interval_product
 from verifier.relaxations.base import Lines, Planes
+from verifier.tensors import constant
 from verifier.threat import Region
 
 Bounds = tuple[Tensor, Tensor]
@@ -228,22 +229,6 @@ def _split(a: Tensor, slope_pos: Tensor, intercept_pos: Tensor,
 def _dot(a: Tensor, per_neuron: Tensor) -> Tensor:
     """sum_n a[b, m, n] * v[b, n] -> (batch, m)."""
     return torch.matmul(a, per_neuron.unsqueeze(-1)).squeeze(-1)
-
-
-_CONSTANTS: dict[tuple[int, torch.dtype, torch.device], tuple[np.ndarray, Tensor]] = {}
-
-
-def constant(array: np.ndarray, like: Tensor) -> Tensor:
-    """A weight or bias as a tensor of `like`'s dtype/device, converted once per array: the
-    bisection builds many propagators over the same graph."""
-    key = (id(array), like.dtype, like.device)
-    cached = _CONSTANTS.get(key)
-    if cached is None or cached[0] is not array:
-        if len(_CONSTANTS) > 20000:
-            _CONSTANTS.clear()
-        cached = (array, torch.tensor(np.asarray(array), dtype=like.dtype, device=like.device))
-        _CONSTANTS[key] = cached
-    return cached[1]
 
 
 def _affine_transpose(node: ir.Affine, a: Tensor) -> Tensor:

@@ -131,10 +131,15 @@ def _tangent_table(fn: ActivationFn, like: Tensor) -> tuple[Tensor, Tensor]:
     have d(-a) = -d(a) for the mirrored case). Computed once per function, dtype and device."""
     key = (fn.kind, like.dtype, like.device)
     if key not in _TANGENT_TABLES:
-        anchors = torch.linspace(-TABLE_REACH, 0, TABLE_SIZE, dtype=torch.float64)
-        points = _bisect_tangent(fn, anchors, torch.zeros_like(anchors), torch.full_like(anchors, TABLE_REACH), 80)
-        _TANGENT_TABLES[key] = (anchors.to(like), points.to(like))
+        with torch.inference_mode(False):
+            _TANGENT_TABLES[key] = _build_tangent_table(fn, like)
     return _TANGENT_TABLES[key]
+
+
+def _build_tangent_table(fn: ActivationFn, like: Tensor) -> tuple[Tensor, Tensor]:
+    anchors = torch.linspace(-TABLE_REACH, 0, TABLE_SIZE, dtype=torch.float64)
+    points = _bisect_tangent(fn, anchors, torch.zeros_like(anchors), torch.full_like(anchors, TABLE_REACH), 80)
+    return anchors.to(like), points.to(like)
 
 
 def _tangent_through(fn: ActivationFn, anchor: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
