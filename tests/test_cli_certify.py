@@ -141,3 +141,21 @@ def test_help_documents_exit_codes(capsys):
     out = capsys.readouterr().out
     for error in (PopqornError, ModelFileError, UnsupportedOperator, InputError):
         assert f"  {error.exit_code}  " in out
+
+
+def test_attack_command_and_certify_attack(model, capsys):
+    folder, path = model
+    code, out, err = run(capsys, "attack", path, "--input", folder / "x.npy", "--eps", "2", "--norm", "inf",
+                         "--out", folder / "adv.npy", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    adversarial = np.load(folder / "adv.npy")
+    assert adversarial.shape == (report["found"], models.STEPS, models.FEATURES) and report["found"] > 0
+    code, out, err = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "inf", "--limit", "2",
+                         "--attack", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    for sample in report["samples"]:
+        assert sample["attack_radius"] is None or sample["attack_radius"] >= sample["radius"]
+        assert "unsound" not in sample
+    assert "mean_gap" in report["summary"]

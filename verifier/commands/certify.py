@@ -13,9 +13,12 @@ import os
 import sys
 
 import numpy as np
+import torch
 
 from verifier import forward
-from verifier.bounds import output_node, perturbed_input
+from verifier.attack import attack_radius
+from verifier.bounds import make_batch, output_node, perturbed_input
+from verifier.onnx_runtime import OnnxModel
 from verifier.certify import SampleResult, SearchOptions, certify
 from verifier.commands import options
 from verifier.errors import InputError
@@ -37,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", metavar="PATH", help="write one row per sample")
     parser.add_argument("--plot", metavar="PNG", help="draw radii (and per-frame sensitivity with --per-frame)")
     parser.add_argument("--resume", metavar="JSONL", help="append finished samples here; skip samples already in it")
+    parser.add_argument("--attack", action="store_true",
+                        help="also search counterexamples (PGD, validated by onnxruntime): the smallest radius "
+                             "an attack succeeds at, an upper bound on the true minimum distortion, and the gap")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -66,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
                                 frames=threat.frames, per_frame=args.per_frame, options=search,
                                 output=options.output_from(args), input_name=args.input_name,
                                 device=device, dtype=dtype)
+        if args.attack:
+            _add_attack_radii(graph, args, x, chunk_results, threat, device)
         for k, result in zip(chunk, chunk_results):
             result.index = samples.first_index + k
             results.append(result)
@@ -95,6 +103,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_attack_radii(graph, args: argparse.Namespace, x, results: list[SampleResult], threat: ThreatModel, device) -> None:
+    """Per sample: the smallest radius at which a validated counterexample was found, and the
+    certified/attack gap. A counterexample below the certified radius would be a soundness bug:
+    it is flagged, never hidden."""
+    correct = [k for k, r in enumerate(results) if not r.misclassified]
+    if not correct:
+        return
+    out = output_node(graph, options.output_from(args))
+    batch = make_batch(graph, x, input_name=args.input_name, device=device, dtype=torch.float64)
+    batch = batch.select(torch.as_tensor(correct, device=batch.center.device))
+    labels = np.array([results[k].label for k in correct])
+    certified = np.array([results[k].radius for k in correct])
+    radii = attack_radius(graph, OnnxModel(args.model), batch, labels, threat, output=out, target=args.target,
+                          start=float(max(certified.mean() * 1.5, 1e-3)))
+    for k, radius, bound in zip(correct, radii, certified):
+        finite = bool(np.isfinite(radius))
+        results[k].extra["attack_radius"] = float(radius) if finite else None
+        results[k].extra["gap"] = float(bound / radius) if finite and radius > 0 else None
+        if finite and radius < bound:
+            results[k].extra["unsound"] = True
+            print(f"popqorn: warning: sample {results[k].index}: counterexample at {radius:g} below the certified "
+                  f"radius {bound:g} -- please report this bug", file=sys.stderr)
+
+
 def _validate(graph, samples: options.Samples, threat: ThreatModel, args: argparse.Namespace) -> None:
     """Refuse bad inputs before any work starts (and before a progress bar is drawn)."""
     node = perturbed_input(graph, args.input_name)
@@ -122,12 +154,18 @@ def summarize(rows: list[dict], at: list[float]) -> dict:
                "certified_fraction": {f"{eps:g}": (float((radii >= eps).sum() / len(rows)) if rows else 0.0)
                                       for eps in at},
                "mean_time_s": float(np.mean([row["time_s"] for row in rows])) if rows else 0.0}
+    gaps = [row["gap"] for row in rows if row.get("gap") is not None]
+    if any("attack_radius" in row for row in rows):
+        summary["mean_gap"] = float(np.mean(gaps)) if gaps else None
+        summary["attacked"] = sum(row.get("attack_radius") is not None for row in rows)
     return summary
 
 
 def print_table(rows: list[dict], report: dict) -> None:
     per_frame = any("per_frame_radius" in row for row in rows)
     header = f"{'sample':>6} {'label':>5} {'pred':>4} {'radius':>10} {'time_s':>7}"
+    if any("attack_radius" in row for row in rows):
+        header += f" {'attack':>10}"
     if per_frame:
         header += "  per-frame radius (frame 0..T-1)"
     print(f"popqorn certify: {report['model']} | norm {report['norm']}, {report['ball']} ball, frames "
@@ -136,11 +174,17 @@ def print_table(rows: list[dict], report: dict) -> None:
     for row in rows:
         radius = "misclass." if row["misclassified"] else f"{row['radius']:.5f}"
         line = f"{row['index']:>6} {row['label']:>5} {row['predicted']:>4} {radius:>10} {row['time_s']:>7.3f}"
+        if "attack_radius" in row:
+            attack = "-" if row["attack_radius"] is None else f"{row['attack_radius']:.5f}"
+            line += f" {attack:>10}"
         if per_frame and "per_frame_radius" in row:
             line += "  " + " ".join(f"{r:.4f}" for r in row["per_frame_radius"])
         print(line)
     s = report["summary"]
     fractions = ", ".join(f"{v:.0%} at eps={k}" for k, v in s["certified_fraction"].items())
+    if "mean_gap" in s and s["mean_gap"] is not None:
+        print(f"attack: counterexamples (validated by onnxruntime) for {s['attacked']} samples; mean certified/attack "
+              f"radius ratio {s['mean_gap']:.3f} (1 = tight)")
     print(f"summary: {s['samples']} samples, {s['misclassified']} misclassified; radius mean {s['mean_radius']:.5f}, "
           f"median {s['median_radius']:.5f}, min {s['min_radius']:.5f}; certified {fractions}; "
           f"{s['mean_time_s']:.3f}s per sample")
