@@ -69,9 +69,31 @@ def reshape_batch_axis(old: tuple[int, ...], new: tuple[int, ...], b: int | None
     return None
 
 
+def _one_sample_shape(x: Sym, target: np.ndarray) -> np.ndarray:
+    """A constant target shape written for a fixed export batch B (dynamo bakes it in) holds B
+    where the batch goes; for one sample that dim is 1. Found as the only dim equal to B whose
+    prefix product matches the elements before the batch axis; otherwise left alone."""
+    target = np.asarray(target, dtype=np.int64)
+    if x.batch_axis is None or (target <= 0).any():
+        return target
+    total = int(np.prod(target, dtype=np.int64))
+    if total == x.size or total % x.size:
+        return target
+    batch = total // x.size
+    before = int(np.prod(x.shape[:x.batch_axis], dtype=np.int64))
+    spots = [j for j, d in enumerate(target) if d == batch and int(np.prod(target[:j], dtype=np.int64)) == before]
+    if len(spots) != 1:
+        return target
+    fixed = target.copy()
+    fixed[spots[0]] = 1
+    return fixed
+
+
 @converter("Reshape", since=5, attributes=("allowzero",))
 def reshape(node, inputs, ctx):
     x = inputs[0]
+    if isinstance(x, Sym) and len(inputs) > 1 and not isinstance(inputs[1], Sym):
+        inputs = [x, _one_sample_shape(x, inputs[1]), *inputs[2:]]
     out = ctx.move(node, inputs, (0,), [None])[0]
     return [Sym(out.node, out.shape, reshape_batch_axis(x.shape, out.shape, x.batch_axis))]
 
