@@ -27,6 +27,7 @@ class Context:
         self.cells: list = []
         self.notes: list[str] = []
         self.prefix = ""
+        self.scope_prefix = ""  # e.g. "loop0/iter3/" while a loop body is unrolled
         self._counters: dict[str, int] = {}
 
     # -- values ----------------------------------------------------------------------

@@ -78,6 +78,13 @@ def _declared_dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
 def _axes_from_consumers(graph: onnx.GraphProto, name: str) -> tuple[int, int | None] | None:
     """(batch_axis, frame_axis) when a recurrent op reads the input directly."""
     for node in graph.node:
+        if node.op_type == "Scan" and name in node.input:
+            count = next((a.i for a in node.attribute if a.name == "num_scan_inputs"), 0)
+            slot = list(node.input).index(name) - (len(node.input) - count)
+            if slot >= 0:  # a scanned sequence: frames along the scan axis, batch on another
+                axes = next((list(a.ints) for a in node.attribute if a.name == "scan_input_axes"), [0] * count)
+                frame = axes[slot] if axes else 0
+                return (1 if frame == 0 else 0), frame
         if node.op_type not in _RECURRENT or name not in node.input:
             continue
         layout = next((a.i for a in node.attribute if a.name == "layout"), 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from parsers import registry
@@ -26,13 +27,13 @@ def convert_node(ctx: Context, node: onnx.NodeProto, position: int = 0) -> None:
         raise UnsupportedOperator(node.op_type, ctx.opset, node.name or node.output[0],
                                   f"operators of domain {node.domain!r} are not supported")
     inputs = [ctx.lookup(name) if name else None for name in node.input]
-    ctx.prefix = clean_name(node.name or f"{node.op_type}_{position}")
+    ctx.prefix = ctx.scope_prefix + clean_name(node.name or f"{node.op_type}_{position}")
     has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
     if node.op_type in _NEVER_FOLD:
         raise ctx.unsupported(node, "random operators make the model non-deterministic")
     if all(x is None or is_const(x) for x in inputs) and not has_subgraph:
         try:
-            outputs = run_node(node, inputs, ctx.opset)
+            outputs = run_node(node, _common_float_type(inputs), ctx.opset)
         except Exception as exc:  # the reference evaluator's own message is the best we have
             raise ctx.unsupported(node, f"constant folding failed: {exc}") from exc
     else:
@@ -50,6 +51,15 @@ def convert_node(ctx: Context, node: onnx.NodeProto, position: int = 0) -> None:
             raise ctx.unsupported(node, str(exc)) from exc
     for name, value in zip(node.output, outputs):
         ctx.bind(name, value)
+
+
+def _common_float_type(inputs: list) -> list:
+    """Constants popqorn derived itself (e.g. x*0 folded to zeros) are float64; where they meet the
+    model's float32 constants, use float32 as the model does."""
+    floats = {x.dtype for x in inputs if x is not None and np.issubdtype(np.asarray(x).dtype, np.floating)}
+    if np.dtype(np.float32) in floats and np.dtype(np.float64) in floats:
+        return [x.astype(np.float32) if x is not None and np.asarray(x).dtype == np.float64 else x for x in inputs]
+    return inputs
 
 
 def sym_inputs(inputs: list) -> list[Sym]:
