@@ -18,7 +18,7 @@ ACTIVATIONS = [SIGMOID, TANH, ActivationFn(Act.RELU), ActivationFn(Act.LEAKY_REL
                ActivationFn(Act.LEAKY_RELU, -0.5), ActivationFn(Act.CLIP, -1.0, 2.0), ActivationFn(Act.CLIP, -math.inf, 0.5),
                ActivationFn(Act.ELU, 1.0), ActivationFn(Act.ELU, 2.5), ActivationFn(Act.ELU, -0.7), ActivationFn(Act.SOFTPLUS),
                ActivationFn(Act.SOFTSIGN), ActivationFn(Act.THRESHOLDED_RELU, 0.5), ActivationFn(Act.THRESHOLDED_RELU, -0.5)]
-PRODUCTS = [(SIGMOID, None), (SIGMOID, TANH), (TANH, None), (TANH, TANH), (SIGMOID, SIGMOID), (None, None),
+PRODUCTS = [(SIGMOID, None), (None, SIGMOID), (TANH, SIGMOID), (SIGMOID, TANH), (TANH, None), (TANH, TANH), (SIGMOID, SIGMOID), (None, None),
             (ActivationFn(Act.RELU), TANH)]
 
 

@@ -156,6 +156,10 @@ def _searched_slopes(left_fn, right_fn, xl, xu, yl, yu, sign: Tensor, lines: int
 def relax_product_planes(left_fn: ActivationFn | None, right_fn: ActivationFn | None,
                          x_lower: Tensor, x_upper: Tensor, y_lower: Tensor, y_upper: Tensor) -> Planes:
     """Tightest of the candidate planes per neuron; McCormick for products this module does not handle."""
+    if not handles(left_fn, right_fn) and handles(right_fn, left_fn):  # y * sigmoid(x): swap roles
+        swapped = relax_product_planes(right_fn, left_fn, y_lower, y_upper, x_lower, x_upper)
+        return Planes(swapped.lower_y, swapped.lower_x, swapped.lower_const,
+                      swapped.upper_y, swapped.upper_x, swapped.upper_const)
     if not handles(left_fn, right_fn):
         return relax_product_mccormick(left_fn, right_fn, x_lower, x_upper, y_lower, y_upper)
     dtype = x_lower.dtype
