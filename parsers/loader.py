@@ -176,7 +176,8 @@ def convert_model(model: onnx.ModelProto, input_shapes=None, batch_axes=None, fr
         if not isinstance(value, Sym):
             raise ModelFileError(f"output {info.name!r} does not depend on any input")
         outputs.append(ir.Output(info.name, value.node, value.shape, value.batch_axis, post, axis))
-    producer = f"{model.producer_name} {model.producer_version}".strip()
+    version = model.producer_version if model.producer_version not in ("", "None") else ""
+    producer = f"{model.producer_name} {version}".strip()
     return builder.build(outputs, cells=tuple(ctx.cells), notes=tuple(ctx.notes), opset=opset, producer=producer)
 
 
