@@ -12,6 +12,7 @@ import torch
 
 import parsers
 import verifier
+from tests.verifier.models import CellLoop
 
 F, H, T = 3, 4, 5
 
@@ -38,24 +39,6 @@ class Recurrent(torch.nn.Module):
             h = final[0] if self.kind == "lstm" else final
             return self.head(torch.cat([h[-2], h[-1]], 1) if self.head.in_features == 2 * H else h[-1])
         return self.head(y[:, -1] if self.batch_first else y[-1])
-
-
-class CellLoop(torch.nn.Module):
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-        self.cell = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}[kind](F, H)
-        self.head = torch.nn.Linear(H, 3)
-
-    def forward(self, x):
-        h = torch.zeros(x.shape[0], H)
-        c = torch.zeros(x.shape[0], H)
-        for t in range(x.shape[1]):
-            if self.kind == "lstm":
-                h, c = self.cell(x[:, t], (h, c))
-            else:
-                h = self.cell(x[:, t], h)
-        return self.head(h)
 
 
 def _export(module, inputs: tuple, path, dynamo: bool, names: list[str]) -> None:
@@ -115,7 +98,7 @@ def test_dynamo_exports(kind, tmp_path):
     _compare(tmp_path / "m.onnx", {"x": x})
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_cell_loops(kind, dynamo, tmp_path):
     x = np.random.default_rng(3).uniform(-1, 1, (2, T, F)).astype(np.float32)
