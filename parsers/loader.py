@@ -83,7 +83,8 @@ def _axes_from_consumers(graph: onnx.GraphProto, name: str) -> tuple[int, int | 
             slot = list(node.input).index(name) - (len(node.input) - count)
             if slot >= 0:  # a scanned sequence: frames along the scan axis, batch on another
                 axes = next((list(a.ints) for a in node.attribute if a.name == "scan_input_axes"), [0] * count)
-                frame = axes[slot] if axes else 0
+                rank = len(_declared_dims(next(i for i in graph.input if i.name == name))) or 3
+                frame = (axes[slot] if axes else 0) % rank
                 return (1 if frame == 0 else 0), frame
         if node.op_type not in _RECURRENT or name not in node.input:
             continue

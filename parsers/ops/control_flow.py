@@ -50,7 +50,10 @@ def _stack(ctx: Context, parts: list[Value], axis: int, name: str) -> Value:
     joined = ctx.builder.concat(nodes, f"{name}/stack")
     shape = (len(parts), *like.shape)
     ids = np.moveaxis(np.arange(int(np.prod(shape))).reshape(shape), 0, axis)
-    batch = like.batch_axis
+    batch_axes = {p.batch_axis for p in parts if isinstance(p, Sym) and p.batch_axis is not None}
+    if len(batch_axes) > 1:
+        raise ValueError(f"scan outputs move their batch axis between iterations: {sorted(batch_axes)}")
+    batch = batch_axes.pop() if batch_axes else None
     batch = None if batch is None else batch + (1 if batch >= axis else 0)
     return Sym(ctx.builder.select(joined, ids.reshape(-1), f"{name}/order"), ids.shape, batch)
 
@@ -103,14 +106,14 @@ def loop(node: onnx.NodeProto, inputs: list, ctx: Context) -> list[Value]:
     going = _constant_bool(condition)
     if going is None:
         raise ctx.unsupported(node, "the loop condition depends on the input")
-    limit = MAX_ITERATIONS if trip_count is None else int(np.asarray(trip_count).reshape(-1)[0])
-    if limit > MAX_ITERATIONS:
-        raise ctx.unsupported(node, f"{limit} iterations is more than the {MAX_ITERATIONS} popqorn unrolls")
+    limit = None if trip_count is None else int(np.asarray(trip_count).reshape(-1)[0])
     label = ctx.prefix
     n_scan = len(body.output) - 1 - len(carried)
     scans: list[list[Value]] = []
     iteration = 0
-    while going and iteration < limit:
+    while going and (limit is None or iteration < limit):
+        if iteration == MAX_ITERATIONS:  # a while-loop with a huge trip count may still stop early
+            raise ctx.unsupported(node, f"the loop did not stop within the {MAX_ITERATIONS} iterations popqorn unrolls")
         outputs = _run_body(ctx, body, [np.array(iteration, dtype=np.int64), np.array(True), *carried],
                             f"{label}/iter{iteration}/")
         going = _constant_bool(outputs[0])
@@ -119,19 +122,20 @@ def loop(node: onnx.NodeProto, inputs: list, ctx: Context) -> list[Value]:
         carried = outputs[1:1 + len(carried)]
         scans.append(outputs[1 + len(carried):])
         iteration += 1
-    if trip_count is None and going:
-        raise ctx.unsupported(node, f"the loop did not stop within {MAX_ITERATIONS} iterations")
     if not scans and n_scan:
         raise ctx.unsupported(node, "a loop with scan outputs that runs zero times")
     stacked = [_stack(ctx, [s[k] for s in scans], 0, f"{label}/scan{k}") for k in range(n_scan)]
     sizes = [v.shape[-1] for v in carried if isinstance(v, Sym) and v.rank]
+    folded = sum(not isinstance(v, Sym) for v in carried)
+    ctx.notes.append(f"Loop {label!r} unrolled into {iteration} iterations; {folded} of {len(carried)} "
+                     "loop-carried values are constants (folded)")
     ctx.cells.append(CellInfo(name=label, kind="Loop", direction="forward", steps=iteration, input_size=0,
                               hidden_size=max(sizes, default=0),
                               details=f"{len(carried)} loop-carried values, {n_scan} scan outputs"))
     return [*carried, *stacked]
 
 
-@converter("Scan", since=8)
+@converter("Scan", since=8, attributes=("body", "num_scan_inputs", "directions"))
 def scan_8(node: onnx.NodeProto, inputs: list, ctx: Context) -> list[Value]:
     raise ctx.unsupported(node, "Scan-8 (batched, with sequence_lens) is not supported; export with opset 9 or later")
 
@@ -187,6 +191,7 @@ def scan(node: onnx.NodeProto, inputs: list, ctx: Context) -> list[Value]:
             raise ctx.unsupported(node, f"scan_output_axes[{k}] = {out_axes[k]} is out of range for rank {rank}")
         results.append(_stack(ctx, parts, out_axes[k] % rank, f"{label}/out{k}"))
     sizes = [v.shape[-1] for v in states if isinstance(v, Sym) and v.rank]
+    ctx.notes.append(f"Scan {label!r} unrolled into {length} steps")
     ctx.cells.append(CellInfo(name=label, kind="Scan", direction="reverse" if any(in_directions) else "forward",
                               steps=length, input_size=0, hidden_size=max(sizes, default=0),
                               details=f"{len(states)} states, {count} scan inputs, {n_out} scan outputs"))

@@ -23,7 +23,7 @@ class BackendCase:
 
     @property
     def has_sequences(self) -> bool:
-        return any(not isinstance(v, np.ndarray) for v in [*self.inputs, *self.outputs])
+        return any(isinstance(v, list) for v in [*self.inputs, *self.outputs])
 
 
 def backend_cases(module_name: str) -> list[BackendCase]:
@@ -32,7 +32,8 @@ def backend_cases(module_name: str) -> list[BackendCase]:
     found: list[BackendCase] = []
 
     def expect(node, inputs, outputs, name, **kwargs):
-        found.append(BackendCase(name, node, list(inputs), list(outputs), kwargs.get("opset_imports") or [],
+        tensors = lambda values: [v if isinstance(v, list) else np.asarray(v) for v in values]
+        found.append(BackendCase(name, node, tensors(inputs), tensors(outputs), kwargs.get("opset_imports") or [],
                                  kwargs.get("input_type_protos")))
 
     original = module.expect
@@ -114,7 +115,7 @@ def rnn_weights(rng: np.random.Generator, features: int, hidden: int) -> dict[st
 
 
 def loop_rnn(weights: dict[str, np.ndarray], steps: int, batch: int, weights_as_state: bool,
-             with_condition: bool = True) -> onnx.ModelProto:
+             with_condition: bool = True, trip_from_input: bool = False) -> onnx.ModelProto:
     """h_t = tanh(x_t W + h_{t-1} R + b) over x [T, N, F] as a Loop: x read through an outer-scope
     capture with Gather(iteration), R either captured or carried as loop state (tf2onnx does both);
     outputs the last h and the stacked h_t (a scan output)."""
@@ -143,14 +144,22 @@ def loop_rnn(weights: dict[str, np.ndarray], steps: int, batch: int, weights_as_
          *[float_info(n) for n in state_names]],
         [helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
          *[float_info(n) for n in body_outputs[1:]]])
-    loop_inputs = ["trip_count", "keep_going" if with_condition else "", "h0"] + (["R"] if weights_as_state else [])
+    nodes = []
+    if trip_from_input:  # trip count = int(x[0, 0, 0]): it depends on the input's values
+        nodes = [helper.make_node("Gather", ["x", "zero"], ["x_0"], axis=0),
+                 helper.make_node("Gather", ["x_0", "zero"], ["x_00"], axis=0),
+                 helper.make_node("Gather", ["x_00", "zero"], ["x_000"], axis=0),
+                 helper.make_node("Cast", ["x_000"], ["trips"], to=TensorProto.INT64)]
+    loop_inputs = ["trips" if trip_from_input else "trip_count", "keep_going" if with_condition else "", "h0"]
+    loop_inputs += ["R"] if weights_as_state else []
     loop_outputs = ["h_last"] + (["R_last"] if weights_as_state else []) + ["h_all"]
     loop = helper.make_node("Loop", loop_inputs, loop_outputs, name="rnn_loop", body=body)
     inits = [_init("trip_count", np.array(steps, np.int64)), _init("keep_going", np.array(True)),
+             _init("zero", np.array(0, np.int64)),
              _init("h0", np.zeros((batch, hidden), np.float32)),
              *[_init(k, v) for k, v in weights.items()]]
     graph = helper.make_graph(
-        [loop], "loop_rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, batch, features])],
+        [*nodes, loop], "loop_rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, batch, features])],
         [helper.make_tensor_value_info("h_last", TensorProto.FLOAT, [batch, hidden]),
          helper.make_tensor_value_info("h_all", TensorProto.FLOAT, [steps, batch, hidden])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -185,4 +194,57 @@ def scan_rnn(weights: dict[str, np.ndarray], steps: int, batch: int, input_axis:
         [scan], "scan_rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info("h_last", TensorProto.FLOAT, [batch, hidden]),
          helper.make_tensor_value_info("h_all", TensorProto.FLOAT, out_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def while_loop(stop: int | None, input_dependent_stop: bool = False) -> onnx.ModelProto:
+    """h <- tanh(h + x) while `iteration + 1 < stop`, with the largest int64 as trip count (how
+    while-loops are written). With input_dependent_stop the condition is h[:, 0] < 100 instead."""
+    body_nodes = [helper.make_node("Add", ["h_in", "x"], ["pre"]), helper.make_node("Tanh", ["pre"], ["h_out"])]
+    if input_dependent_stop:
+        body_nodes += [helper.make_node("Gather", ["h_out", "zero"], ["first"], axis=1),
+                       helper.make_node("Less", ["first", "hundred"], ["condition_out"])]
+    else:
+        body_nodes += [helper.make_node("Add", ["iteration", "one"], ["next"]),
+                       helper.make_node("Less", ["next", "stop"], ["condition_out"])]
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+         helper.make_tensor_value_info("condition_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, None)])
+    loop = helper.make_node("Loop", ["trip_count", "keep_going", "h0"], ["h_last"], name="while", body=body)
+    inits = [_init("trip_count", np.array(np.iinfo(np.int64).max, np.int64)), _init("keep_going", np.array(True)),
+             _init("h0", np.zeros((1, 3), np.float32)), _init("one", np.array(1, np.int64)),
+             _init("stop", np.array(stop or 0, np.int64)),
+             _init("zero", np.array(0, np.int64)), _init("hundred", np.array(100, np.float32))]
+    graph = helper.make_graph([loop], "while", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("h_last", TensorProto.FLOAT, ["batch", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def nested_loops(outer: int, inner: int) -> onnx.ModelProto:
+    """h <- tanh(h W + x) repeated inner times inside a loop run outer times; W and x captured
+    from two scopes out."""
+    def loop_body(nodes: list[onnx.NodeProto], name: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            nodes + [helper.make_node("Identity", [f"{name}_cond_in"], [f"{name}_cond_out"])], name,
+            [helper.make_tensor_value_info(f"{name}_i", TensorProto.INT64, []),
+             helper.make_tensor_value_info(f"{name}_cond_in", TensorProto.BOOL, []),
+             helper.make_tensor_value_info(f"{name}_h_in", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info(f"{name}_cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info(f"{name}_h_out", TensorProto.FLOAT, None)])
+
+    inner_body = loop_body([helper.make_node("MatMul", ["inner_h_in", "W"], ["hw"]),
+                            helper.make_node("Add", ["hw", "x"], ["pre"]),
+                            helper.make_node("Tanh", ["pre"], ["inner_h_out"], name="cell")], "inner")
+    outer_body = loop_body([helper.make_node("Loop", ["inner_trips", "", "outer_h_in"], ["outer_h_out"],
+                                             name="inner", body=inner_body)], "outer")
+    loop = helper.make_node("Loop", ["outer_trips", "", "h0"], ["h_last"], name="outer", body=outer_body)
+    rng = np.random.default_rng(7)
+    inits = [_init("outer_trips", np.array(outer, np.int64)), _init("inner_trips", np.array(inner, np.int64)),
+             _init("h0", np.zeros((1, 3), np.float32)), _init("W", rng.uniform(-1, 1, (3, 3)).astype(np.float32))]
+    graph = helper.make_graph([loop], "nested", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("h_last", TensorProto.FLOAT, ["batch", 3])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

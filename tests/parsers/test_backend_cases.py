@@ -12,7 +12,6 @@ import pytest
 from onnx import helper
 
 import parsers
-from verifier.errors import UnsupportedOperator
 import verifier
 
 
@@ -72,35 +71,3 @@ def test_recurrent_backend_cases(case, tmp_path):
         assert np.shape(expected) == value.shape
         assert np.abs(np.asarray(expected, dtype=np.float64) - value).max() <= 1e-5
 
-
-CONTROL_FLOW = [case for name in ("loop", "scan") for case in collect(name)]
-
-
-@pytest.mark.parametrize("case", CONTROL_FLOW, ids=lambda c: c[0])
-def test_control_flow_backend_cases(case, tmp_path):
-    """Loops over tensors run exactly; loops over sequence types (and other constructs popqorn
-    cannot unroll) are refused with an UnsupportedOperator naming the node."""
-    name, node, inputs, outputs, kwargs = case
-    if any(not isinstance(v, np.ndarray) for v in [*inputs, *outputs]):
-        pytest.skip("sequence/optional-typed case: not a tensor model")
-    path = tmp_path / f"{name}.onnx"
-    model = to_model(node, inputs, outputs, kwargs)
-    onnx.save(model, path)
-    feeds = dict(zip([n for n in node.input if n], inputs))
-    float_inputs = {k: v for k, v in feeds.items() if np.issubdtype(np.asarray(v).dtype, np.floating)}
-    if not float_inputs:  # popqorn needs one perturbable float input; fold the rest in
-        pytest.skip("no float input to verify")
-    for graph_input in list(model.graph.input):
-        if graph_input.name not in float_inputs:
-            model.graph.input.remove(graph_input)
-            model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(feeds[graph_input.name]), graph_input.name))
-    onnx.save(model, path)
-    try:
-        graph = parsers.load_onnx(path, input_shapes={k: np.shape(v) for k, v in float_inputs.items()})
-    except UnsupportedOperator as error:
-        assert node.op_type in str(error)
-        return
-    got = verifier.evaluate(graph, float_inputs)
-    for expected, value in zip(outputs, got):
-        assert np.shape(expected) == value.shape
-        assert np.abs(np.asarray(expected, dtype=np.float64) - value).max() <= 1e-5

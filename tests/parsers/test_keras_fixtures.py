@@ -1,6 +1,5 @@
-"""Keras models exported through tf2onnx (committed files, see tests/fixtures/keras/README.md):
-the IR must match onnxruntime and Keras itself; masking, whose computation depends on the input,
-is refused with its reason."""
+"""Keras recurrent models exported by tf2onnx (committed fixtures, so no TensorFlow here): the IR's
+forward pass matches onnxruntime and Keras' own output; input-dependent masking is refused."""
 
 from __future__ import annotations
 
@@ -12,30 +11,66 @@ import pytest
 
 import parsers
 import verifier
+from verifier import ir
 from verifier.errors import UnsupportedOperator
 
-FOLDER = Path(__file__).resolve().parents[1] / "fixtures" / "keras"
-SUPPORTED = ["lstm", "gru_reset_after", "gru_reset_before", "simple_rnn", "bidirectional_lstm", "stacked_lstm",
-             "lstm_go_backwards"]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "keras"
+
+# fixture -> recurrent structures the front end should report (tf2onnx rewrites Keras LSTMs into
+# native LSTM nodes; GRU and SimpleRNN stay as Loop bodies with the weights as loop state)
+EXPECTED_CELLS = {
+    "lstm": ["LSTM"],
+    "lstm_go_backwards": ["LSTM"],
+    "bidirectional_lstm": ["LSTM"],
+    "stacked_lstm": ["LSTM", "LSTM"],
+    "gru_reset_after": ["Loop"],
+    "gru_reset_before": ["Loop"],
+    "simple_rnn": ["Loop"],
+}
 
 
-@pytest.mark.parametrize("name", SUPPORTED)
-def test_keras_export_matches_onnxruntime_and_keras(name):
-    data = np.load(FOLDER / f"{name}.npz")
-    graph = parsers.load_onnx(FOLDER / f"{name}.onnx")
-    got = verifier.evaluate(graph, {"x": data["x"]})[0]
-    expected = ort.InferenceSession(str(FOLDER / f"{name}.onnx")).run(None, {"x": data["x"]})[0]
-    assert np.abs(got - expected).max() <= 1e-5
-    assert np.abs(got - data["y"]).max() <= 1e-5
-    assert graph.cells, "the recurrent structure should be reported"
+def _load(name: str) -> tuple[str, np.ndarray, np.ndarray]:
+    data = np.load(FIXTURES / f"{name}.npz")
+    return str(FIXTURES / f"{name}.onnx"), data["x"], data["y"]
 
 
-def test_loop_exports_are_reported_as_loops():
-    graph = parsers.load_onnx(FOLDER / "gru_reset_after.onnx")
-    (cell,) = graph.cells
-    assert cell.kind == "Loop" and cell.steps == 5
+def test_every_fixture_is_covered():
+    names = {p.stem for p in FIXTURES.glob("*.onnx")}
+    assert names == set(EXPECTED_CELLS) | {"masking_lstm"}
+    assert all((FIXTURES / f"{n}.npz").exists() for n in names)
 
 
-def test_masking_is_refused_with_its_reason():
-    with pytest.raises(UnsupportedOperator, match="depend on the model input"):
-        parsers.load_onnx(FOLDER / "masking_lstm.onnx")
+@pytest.mark.parametrize("name", sorted(EXPECTED_CELLS))
+def test_keras_fixture_matches_onnxruntime_and_keras(name):
+    path, x, keras_y = _load(name)
+    graph = parsers.load_onnx(path)
+    assert [c.kind for c in graph.cells] == EXPECTED_CELLS[name]
+    assert graph.cells[0].steps == x.shape[1]
+    (input_node,) = graph.inputs
+    assert (input_node.batch_axis, input_node.frame_axis) == (0, 1)
+    (got,) = verifier.evaluate(graph, {input_node.onnx_name: x})
+    (runtime_y,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {input_node.onnx_name: x})
+    assert got.shape == keras_y.shape == runtime_y.shape
+    assert np.abs(got - runtime_y).max() <= 1e-5
+    assert np.abs(got - keras_y).max() <= 1e-5
+    # every gate nonlinearity is in the IR, one set per step: nothing was folded away by mistake
+    assert sum(isinstance(n, (ir.Activation, ir.Product)) for n in graph.nodes) >= x.shape[1]
+
+
+@pytest.mark.parametrize("name", ["gru_reset_after", "gru_reset_before"])
+def test_keras_gru_loop_gates_are_fused_products(name):
+    """Unrolled Keras GRU steps expose sigmoid(x)*y products, the form bounded with joint planes."""
+    path, x, _ = _load(name)
+    graph = parsers.load_onnx(path)
+    products = [n for n in graph.nodes if isinstance(n, ir.Product)]
+    assert len(products) >= 2 * x.shape[1]
+    assert all("/iter" in n.name for n in products)
+
+
+def test_keras_masking_is_refused_because_the_mask_depends_on_the_input():
+    path, _, _ = _load("masking_lstm")
+    with pytest.raises(UnsupportedOperator) as info:
+        parsers.load_onnx(path)
+    message = str(info.value)
+    assert "masking" in message.lower() and "opset 17" in message and "depend" in message
+

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    graph = options.load_graph(args.model)
+    graph = options.load_graph(args)
     samples = options.load_samples(graph, args, need_labels=False)
     eps = options.parse_float(args.eps, "--eps")
     threat = options.threat_from(args)

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    graph = options.load_graph(args.model)
+    graph = options.load_graph(args)
     samples = options.load_samples(graph, args)
     threat = options.threat_from(args)
     device, dtype = options.engine_from(args)

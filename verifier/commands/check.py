@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", default="1e-5", help="largest absolute difference accepted (default 1e-5)")
     parser.add_argument("--input", help="check on these samples instead (.npy, or .npz with x) for a single-input model")
+    options.add_input_shape(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -33,33 +34,53 @@ def random_feeds(graph: ir.Graph, count: int, seed: int) -> dict[str, np.ndarray
     return feeds
 
 
+def max_difference(expected: np.ndarray, got: np.ndarray) -> float:
+    """Largest absolute difference; a shape mismatch or a NaN on one side only counts as infinite."""
+    expected = np.asarray(expected, dtype=np.float64)
+    if expected.shape != np.shape(got):
+        return float("inf")
+    if expected.size == 0:
+        return 0.0
+    difference = np.abs(expected - got)
+    both_nan = np.isnan(expected) & np.isnan(got)
+    return float(np.where(both_nan, 0.0, np.where(np.isnan(difference), np.inf, difference)).max())
+
+
+def _read_input(graph: ir.Graph, path: str) -> np.ndarray:
+    """The samples of a --input file for a single-input model, as float32 (what onnxruntime takes)."""
+    if len(graph.inputs) != 1:
+        raise InputError(f"--input works for single-input models; the model takes {[n.onnx_name for n in graph.inputs]}")
+    if not path.endswith((".npy", ".npz")):
+        raise InputError(f"{path}: expected a .npy or .npz file")
+    data = options._read_array(path, "input")
+    if isinstance(data, dict):
+        if "x" not in data:
+            raise InputError(f"{path} has arrays {sorted(data)}; an .npz input needs 'x'")
+        data = data["x"]
+    if not np.issubdtype(data.dtype, np.number):
+        raise InputError(f"input {path} has dtype {data.dtype}; numbers are required")
+    return np.asarray(data, dtype=np.float32)
+
+
 def run(args: argparse.Namespace) -> int:
-    graph = options.load_graph(args.model)
+    graph = options.load_graph(args)
     tol = options.parse_float(args.tol, "--tol")
     if args.samples < 1:
         raise InputError("--samples must be at least 1")
     if args.input:
-        if len(graph.inputs) != 1:
-            raise InputError("--input works for single-input models; the model takes "
-                             f"{[n.onnx_name for n in graph.inputs]}")
-        data = np.load(args.input, allow_pickle=False) if args.input.endswith((".npy", ".npz")) else None
-        if data is None:
-            raise InputError(f"{args.input}: expected a .npy or .npz file")
-        x = data["x"] if isinstance(data, np.lib.npyio.NpzFile) else data
-        feeds = {graph.inputs[0].onnx_name: np.asarray(x, dtype=np.float32)}
+        feeds = {graph.inputs[0].onnx_name: _read_input(graph, args.input)}
     else:
         feeds = random_feeds(graph, args.samples, args.seed)
+    got = verifier.evaluate(graph, feeds)  # first: it names what is wrong with the feeds
     try:
         session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-        expected = session.run(None, feeds)
+        expected = session.run([o.onnx_name for o in graph.outputs], feeds)
     except Exception as exc:
         raise ModelFileError(f"onnxruntime cannot run {args.model}: {str(exc).splitlines()[0]}") from None
-    got = verifier.evaluate(graph, feeds)
     rows = []
     for out, e, g in zip(graph.outputs, expected, got):
-        difference = float(np.abs(np.asarray(e, dtype=np.float64) - g).max()) if np.size(e) else 0.0
-        rows.append({"output": out.onnx_name, "shape": list(np.shape(e)), "max_abs_diff": difference,
-                     "ok": bool(np.shape(e) == np.shape(g) and difference <= tol)})
+        rows.append({"output": out.onnx_name, "shape": list(np.shape(e)), "max_abs_diff": max_difference(e, g)})
+        rows[-1]["ok"] = rows[-1]["max_abs_diff"] <= tol
     ok = all(row["ok"] for row in rows)
     worst = max(rows, key=lambda row: row["max_abs_diff"])
     if args.json:

@@ -13,6 +13,7 @@ from verifier.commands import options
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX model file")
+    options.add_input_shape(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -34,7 +35,7 @@ def describe(graph: ir.Graph, model: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    graph = options.load_graph(args.model)
+    graph = options.load_graph(args)
     report = describe(graph, args.model)
     if args.json:
         print(json.dumps(report))
@@ -52,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
         print("  cells: none recognised as recurrent nodes (an unrolled graph is verified as it is)")
     for cell in report["cells"]:
         extra = f" [{cell['details']}]" if cell["details"] else ""
+        size = cell["input_size"] or "?"  # unrolled Loop/Scan bodies have no single input width
         print(f"  cell   {cell['name']}: {cell['kind']} {cell['direction']}, {cell['steps']} steps, "
-              f"input {cell['input_size']}, hidden {cell['hidden_size']}{extra}")
+              f"input {size}, hidden {cell['hidden_size']}{extra}")
     counts = ", ".join(f"{count} {kind}" for kind, count in sorted(report["nodes"].items()))
     print(f"  IR: {counts}; {report['neurons']} nonlinear neurons")
     for note in report["notes"]:

@@ -23,6 +23,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX model file")
+    add_input_shape(parser)
     parser.add_argument("--input-name", help="which model input is perturbed (default: the only one / the first with frames)")
     parser.add_argument("--output", default="0", help="which model output to bound: index or name (default 0)")
 
@@ -62,8 +63,35 @@ def output_from(args: argparse.Namespace) -> int | str:
     return int(args.output) if str(args.output).lstrip("-").isdigit() else args.output
 
 
-def load_graph(path: str) -> ir.Graph:
-    return parsers.load_onnx(path)
+def add_input_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=d0,d1,...",
+                        help="full shape (batch included) of an input with dynamic dimensions; repeatable")
+
+
+def parse_input_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
+    """`x=1,4,196` -> {"x": (1, 4, 196)}; anything else is a one-line InputError."""
+    shapes = {}
+    for text in texts:
+        name, sep, dims = text.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) < 1:
+            raise InputError(f"--input-shape {text!r}: expected NAME=d0,d1,... with positive integers")
+        shapes[name] = shape
+    return shapes
+
+
+def load_graph(args: argparse.Namespace) -> ir.Graph:
+    """The model with --input-shape applied; names that are no model input are refused."""
+    shapes = parse_input_shapes(args.input_shape)
+    graph = parsers.load_onnx(args.model, input_shapes=shapes or None)
+    unknown = sorted(set(shapes) - {n.onnx_name for n in graph.inputs})
+    if unknown:
+        raise InputError(f"--input-shape names {unknown}, but the model's inputs are "
+                         f"{[n.onnx_name for n in graph.inputs]}")
+    return graph
 
 
 @dataclass

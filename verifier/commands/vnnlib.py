@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("model", help="ONNX model file")
     parser.add_argument("property", help="VNN-LIB property file (1.0 or 2.0)")
+    options.add_input_shape(parser)
     parser.add_argument("--timeout", help="seconds before answering timeout")
     parser.add_argument("--out", metavar="RESULT", help="write the result file here")
     parser.add_argument("--method", default="popqorn", choices=[m for m in METHODS if m != "ibp"] + ["ibp"])
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     timeout = None if args.timeout is None else options.parse_float(args.timeout, "--timeout")
     if args.max_boxes < 1:
         raise InputError("--max-boxes must be at least 1")
-    graph = options.load_graph(args.model)
+    graph = options.load_graph(args)
     prop = read_property(args.property)
     answer = solve(graph, args.model, prop, timeout=timeout, method=args.method, max_boxes=args.max_boxes)
     text = answer.result_text()
