@@ -1,9 +1,39 @@
-"""popqorn engine: ONNX-agnostic bounds, certification and search over the IR."""
+"""popqorn engine: ONNX-agnostic bounds, certification and search over the IR.
 
-from verifier.errors import InputError, ModelFileError, PopqornError, UnsupportedOperator
-from verifier.forward import evaluate
-from verifier.bounds import bound_linear_box, bound_outputs  # noqa: E402
-from verifier.certify import SampleResult, SearchOptions, certify  # noqa: E402
+The package namespace is lazy (PEP 562): `import verifier` or `from verifier import ir, errors`
+imports neither torch nor onnxruntime, so the front end, `popqorn --help` and `inspect` stay light.
+The public API below is imported on first use."""
 
-__all__ = ["evaluate", "bound_outputs", "bound_linear_box", "certify", "SampleResult", "SearchOptions",
-           "PopqornError", "InputError", "ModelFileError", "UnsupportedOperator"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "evaluate": "verifier.forward",
+    "bound_outputs": "verifier.bounds",
+    "bound_linear_box": "verifier.bounds",
+    "certify": "verifier.certify",
+    "SampleResult": "verifier.certify",
+    "SearchOptions": "verifier.certify",
+    "ThreatModel": "verifier.threat",
+    "PopqornError": "verifier.errors",
+    "InputError": "verifier.errors",
+    "ModelFileError": "verifier.errors",
+    "UnsupportedOperator": "verifier.errors",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'verifier' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

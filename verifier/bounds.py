@@ -43,9 +43,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 @dataclass(frozen=True)
 class Batch:
-    """Samples in engine form: the perturbed input's IR node and flat centres, the other inputs'
-    fixed values, all (batch, size) tensors on one device."""
+    """Samples in engine form: the graph they run through (specialised to their shapes), the
+    perturbed input's IR node and flat centres, the other inputs' fixed values, all (batch, size)
+    tensors on one device."""
 
+    graph: ir.Graph
     node: ir.Input
     center: Tensor
     fixed: dict[str, Tensor]
@@ -55,11 +57,11 @@ class Batch:
         return self.center.shape[0]
 
     def select(self, rows: Tensor) -> "Batch":
-        return Batch(self.node, self.center[rows], {k: v[rows] for k, v in self.fixed.items()})
+        return Batch(self.graph, self.node, self.center[rows], {k: v[rows] for k, v in self.fixed.items()})
 
     def repeat(self, times: int) -> "Batch":
         """Each sample `times` times in a row (sample-major), for per-frame variants."""
-        return Batch(self.node, self.center.repeat_interleave(times, 0),
+        return Batch(self.graph, self.node, self.center.repeat_interleave(times, 0),
                      {k: v.repeat_interleave(times, 0) for k, v in self.fixed.items()})
 
     def feeds(self) -> dict[str, Tensor]:
@@ -82,9 +84,12 @@ def perturbed_input(graph: ir.Graph, input_name: str | None) -> ir.Input:
 
 def make_batch(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], *, input_name: str | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Batch:
-    """Stacked samples in the model's own layout (or a full feeds dict) -> Batch."""
+    """Stacked samples in the model's own layout (or a full feeds dict) -> Batch. The batch's graph
+    is `graph` specialised to the feeds (see ir.Graph.specialize)."""
     node = perturbed_input(graph, input_name)
     feeds = dict(x) if isinstance(x, dict) else {node.onnx_name: x}
+    graph, feeds = graph.specialize(feeds)
+    node = graph.input_named(node.onnx_name)
     if len(feeds) != len(graph.inputs):
         missing = [n.onnx_name for n in graph.inputs if n.onnx_name not in feeds]
         raise InputError(f"the model also takes inputs {missing}; pass all inputs as a dict of arrays")
@@ -92,7 +97,7 @@ def make_batch(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], *, input_
     device = resolve_device(device)
     tensors = {k: torch.as_tensor(np.array(v, dtype=np.float64), dtype=dtype, device=device) for k, v in flat.items()}
     center = tensors.pop(node.name)
-    return Batch(node, center, tensors)
+    return Batch(graph, node, center, tensors)
 
 
 def as_eps(eps: float | np.ndarray | Tensor, batch: Batch) -> Tensor:
@@ -131,6 +136,7 @@ def bound_outputs(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], eps: f
     softmax is not applied: the bounds are on the logits."""
     threat = ThreatModel(parse_norm(norm), ball, parse_frames(frames))
     batch = make_batch(graph, x, input_name=input_name, device=device, dtype=dtype)
+    graph = batch.graph
     threat.frame_mask(batch.node)  # validates frame indices
     radius = as_eps(eps, batch)
     out = output_node(graph, output)

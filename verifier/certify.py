@@ -117,6 +117,7 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     started = time.perf_counter()
     threat = ThreatModel(norm, ball, frames)
     batch = make_batch(graph, x, input_name=input_name, device=device, dtype=dtype)
+    graph = batch.graph
     mask = torch.as_tensor(threat.frame_mask(batch.node), device=batch.center.device)
     out = output_node(graph, output)
     relaxer = relaxer_for(options.method)

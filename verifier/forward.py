@@ -99,6 +99,7 @@ def unflatten_output(out: ir.Output, values: Tensor) -> np.ndarray:
 def evaluate(graph: ir.Graph, feeds: dict[str, np.ndarray], device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float64) -> list[np.ndarray]:
     """Outputs of the model for `feeds`, like onnxruntime's InferenceSession.run(None, feeds)."""
+    graph, feeds = graph.specialize(feeds)
     flat, _ = flatten_feeds(graph, feeds)
     inputs = {k: torch.as_tensor(np.array(v, dtype=np.float64), dtype=dtype, device=device) for k, v in flat.items()}
     with torch.no_grad():

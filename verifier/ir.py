@@ -21,6 +21,7 @@ Seven node kinds cover RNN/LSTM/GRU exports:
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -216,6 +217,7 @@ class Graph:
     notes: tuple[str, ...] = ()
     opset: int = 0
     producer: str = ""
+    specializer: Callable[[Mapping[str, np.ndarray]], Graph] | None = field(default=None, repr=False, compare=False)
     _index: dict[str, Node] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -255,6 +257,20 @@ class Graph:
                 case Select(indices=idx):
                     sizes[node.name] = len(idx)
         return sizes
+
+    def specialize(self, feeds: Mapping[str, np.ndarray]) -> tuple[Graph, dict[str, np.ndarray]]:
+        """The concrete graph for these feeds, and the feeds it takes.
+
+        Why: a model whose input dimensions are symbolic (a dynamic time axis), or whose constants
+        are fed as graph inputs (weights, initial states that converters need as values), can only
+        be unrolled once the feeds are known. The front end then sets `specializer`, which builds
+        (and caches) the graph for the feeds' shapes and constant values; inputs folded into that
+        graph are dropped from the feeds. Graphs without a specializer return themselves."""
+        if self.specializer is None:
+            return self, dict(feeds)
+        graph = self.specializer(feeds)
+        taken = {node.onnx_name for node in graph.inputs}
+        return graph, {name: value for name, value in feeds.items() if name in taken}
 
     def input_named(self, onnx_name: str) -> Input:
         for node in self.inputs:

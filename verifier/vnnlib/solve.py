@@ -111,7 +111,7 @@ def _falsify(graph, model, node, out, cases: list[Case], clock: _Clock, seed: in
             def objective(outputs: torch.Tensor) -> torch.Tensor:
                 return (outputs @ rows_t.T - bounds_t + slack).max(1).values
 
-            batch = Batch(node, torch.as_tensor(centre[None]), {})
+            batch = Batch(graph, node, torch.as_tensor(centre[None]), {})
             radius = torch.tensor([float((case.upper - case.lower).max() / 2)], dtype=torch.float64)
             box = (torch.as_tensor(case.lower[None]), torch.as_tensor(case.upper[None]))
             best, _ = pgd(graph, batch, radius, ThreatModel(math.inf, "sequence"), objective, output_node=out.node,
