@@ -64,10 +64,10 @@ def test_resume_skips_done_samples(model, capsys, monkeypatch):
     log = folder / "resume.jsonl"
     code, _, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "2", "--limit", "2", "--resume", log)
     assert code == 0 and len(log.read_text().splitlines()) == 2
-    import verifier.commands.certify as command
+    import verifier.certify as engine
     calls = []
-    original = command.certify
-    monkeypatch.setattr(command, "certify", lambda graph, x, *a, **k: calls.append(len(x)) or original(graph, x, *a, **k))
+    original = engine.certify
+    monkeypatch.setattr(engine, "certify", lambda graph, x, *a, **k: calls.append(len(x)) or original(graph, x, *a, **k))
     code, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "2", "--resume", log, "--json")
     assert code == 0 and calls == [3]  # only the three new samples were certified
     assert [s["index"] for s in json.loads(out)["samples"]] == [0, 1, 2, 3, 4]

@@ -1,6 +1,10 @@
 """`popqorn` command line. Each subcommand lives in verifier/commands/<name>.py and exposes
 `add_arguments(parser)` and `run(args) -> int`; this module only dispatches and turns
-PopqornError into one line on stderr with the error's exit code."""
+PopqornError into one line on stderr with the error's exit code.
+
+Start-up is kept light: only the chosen command's module is imported (to add its arguments), and
+command modules import torch, onnxruntime and matplotlib inside `run`, so `--help`, `--version`,
+argument errors and `inspect` answer without loading them."""
 
 from __future__ import annotations
 
@@ -8,7 +12,12 @@ import argparse
 import importlib
 import sys
 
-from verifier.errors import InputError, ModelFileError, PopqornError, UnsupportedOperator
+from verifier.errors import (
+    InputError,
+    ModelFileError,
+    PopqornError,
+    UnsupportedOperator,
+)
 
 COMMANDS = {
     "inspect": "show what the front end found in an ONNX model",
@@ -25,17 +34,62 @@ EXIT_CODES = f"""exit codes:
   {PopqornError.exit_code}  bad command-line usage or option value
   {ModelFileError.exit_code}  model file missing, unreadable, too large, malformed or unsafe
   {UnsupportedOperator.exit_code}  the model uses an ONNX operator or attribute popqorn cannot convert
-  {InputError.exit_code}  inputs, labels or threat-model options do not fit the model
- 70  internal error (a bug: rerun with --debug and report it)"""
+  {InputError.exit_code}  inputs, labels, output paths or threat-model options do not fit the model
+ 70  internal error (a bug: rerun with --debug and report it)
+130  interrupted"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (like every other refusal), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(PopqornError.exit_code, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _VersionAction(argparse.Action):
+    """--version, reading the installed distribution's metadata only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"popqorn {version()}")
+        parser.exit(0)
+
+
+def version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("popqorn")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line: the first word that is not an option (the
+    top-level options take no values)."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the command chosen in `argv` (all when None) gets its full arguments,
+    so a command module is imported only when it runs."""
+    chosen = None if argv is None else _chosen_command(argv)
+    parser = _Parser(
         prog="popqorn", description="Certify robustness of recurrent networks exported to ONNX.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_text in COMMANDS.items():
+        if argv is not None and name != chosen:
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
         module = _command_module(name)
         if module is None:
             continue
@@ -56,7 +110,8 @@ def _command_module(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()

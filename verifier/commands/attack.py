@@ -7,14 +7,9 @@ import argparse
 import json
 
 import numpy as np
-import torch
 
-from verifier import forward
-from verifier.attack import find_counterexamples
-from verifier.bounds import make_batch, output_node, resolve_device
 from verifier.commands import options
 from verifier.errors import InputError
-from verifier.onnx_runtime import OnnxModel, to_model_layout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from verifier import forward
+    from verifier.attack import find_counterexamples
+    from verifier.bounds import make_batch, output_node, resolve_device
+    from verifier.onnx_runtime import OnnxModel, to_model_layout
+
     graph = options.load_graph(args)
     samples = options.load_samples(graph, args)
     eps = options.parse_float(args.eps, "--eps")

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 
-from verifier.bounds import bound_outputs, output_node
 from verifier.commands import options
 
 
@@ -22,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from verifier.bounds import bound_outputs, output_node
+
     graph = options.load_graph(args)
     samples = options.load_samples(graph, args, need_labels=False)
     eps = options.parse_float(args.eps, "--eps")

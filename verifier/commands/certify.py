@@ -11,18 +11,16 @@ import csv
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from verifier import forward
-from verifier.attack import attack_radius
-from verifier.bounds import make_batch, output_node, perturbed_input
-from verifier.onnx_runtime import OnnxModel
-from verifier.certify import SampleResult, SearchOptions, certify
 from verifier.commands import options
 from verifier.errors import InputError
-from verifier.threat import ThreatModel
+
+if TYPE_CHECKING:  # the engine is imported when the command runs, not when --help is asked
+    from verifier.certify import SampleResult
+    from verifier.threat import ThreatModel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from verifier.certify import SearchOptions, certify
+
     graph = options.load_graph(args)
     samples = options.load_samples(graph, args)
     threat = options.threat_from(args)
@@ -107,6 +107,12 @@ def _add_attack_radii(graph, args: argparse.Namespace, x, results: list[SampleRe
     """Per sample: the smallest radius at which a validated counterexample was found, and the
     certified/attack gap. A counterexample below the certified radius would be a soundness bug:
     it is flagged, never hidden."""
+    import torch
+
+    from verifier.attack import attack_radius
+    from verifier.bounds import make_batch, output_node
+    from verifier.onnx_runtime import OnnxModel
+
     correct = [k for k, r in enumerate(results) if not r.misclassified]
     if not correct:
         return
@@ -129,6 +135,9 @@ def _add_attack_radii(graph, args: argparse.Namespace, x, results: list[SampleRe
 
 def _validate(graph, samples: options.Samples, threat: ThreatModel, args: argparse.Namespace) -> None:
     """Refuse bad inputs before any work starts (and before a progress bar is drawn)."""
+    from verifier import forward
+    from verifier.bounds import output_node, perturbed_input
+
     node = perturbed_input(graph, args.input_name)
     if len(graph.inputs) == 1:
         forward.flatten_feeds(graph, {node.onnx_name: samples.x})

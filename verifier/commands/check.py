@@ -6,9 +6,7 @@ import argparse
 import json
 
 import numpy as np
-import onnxruntime as ort
 
-import verifier
 from verifier import ir
 from verifier.commands import options
 from verifier.errors import InputError, ModelFileError
@@ -63,6 +61,10 @@ def _read_input(graph: ir.Graph, path: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
+    import verifier
+
     graph = options.load_graph(args)
     tol = options.parse_float(args.tol, "--tol")
     if args.samples < 1:

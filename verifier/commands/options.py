@@ -8,17 +8,30 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-import parsers
 from verifier import ir
-from verifier.bounds import METHODS, perturbed_input, resolve_device
 from verifier.errors import InputError
-from verifier.threat import BALLS, ThreatModel, norm_label, parse_frames, parse_norm
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+if TYPE_CHECKING:  # the engine (torch) is imported by the functions that need it, not on import
+    import torch
+
+    from verifier.threat import ThreatModel
+
+# Choices shown by --help without importing the engine; tests/test_cli_startup.py checks that they
+# equal verifier.bounds.METHODS and verifier.threat.BALLS.
+METHODS = ("popqorn", "crown", "ibp")
+BALLS = ("frame", "sequence")
+DTYPE_NAMES = ("float32", "float64")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DTYPES":  # {name: torch dtype}, built on first use
+        import torch
+        return {dtype: getattr(torch, dtype) for dtype in DTYPE_NAMES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_model(parser: argparse.ArgumentParser) -> None:
@@ -48,15 +61,19 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="popqorn", choices=METHODS,
                         help="popqorn: joint 2-D planes for gate products; crown: McCormick products; ibp: intervals")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when present)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="engine precision (default float32)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="engine precision (default float32)")
 
 
 def threat_from(args: argparse.Namespace) -> ThreatModel:
+    from verifier.threat import ThreatModel, parse_frames, parse_norm
     return ThreatModel(parse_norm(args.norm), args.ball, parse_frames(args.frames))
 
 
 def engine_from(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
-    return resolve_device(args.device), DTYPES[args.dtype]
+    import torch
+
+    from verifier.bounds import resolve_device
+    return resolve_device(args.device), getattr(torch, args.dtype)
 
 
 def output_from(args: argparse.Namespace) -> int | str:
@@ -85,6 +102,7 @@ def parse_input_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
 
 def load_graph(args: argparse.Namespace) -> ir.Graph:
     """The model with --input-shape applied; names that are no model input are refused."""
+    import parsers
     shapes = parse_input_shapes(args.input_shape)
     graph = parsers.load_onnx(args.model, input_shapes=shapes or None)
     unknown = sorted(set(shapes) - {n.onnx_name for n in graph.inputs})
@@ -128,6 +146,7 @@ def _read_array(path: str, what: str) -> np.ndarray | dict[str, np.ndarray]:
 
 
 def load_samples(graph: ir.Graph, args: argparse.Namespace, need_labels: bool = True) -> Samples:
+    from verifier.bounds import perturbed_input
     node = perturbed_input(graph, args.input_name)
     data = _read_array(args.input, "input")
     labels = None
@@ -166,6 +185,7 @@ def load_samples(graph: ir.Graph, args: argparse.Namespace, need_labels: bool = 
 
 
 def describe_threat(threat: ThreatModel) -> dict:
+    from verifier.threat import norm_label
     return {"norm": norm_label(threat.norm), "ball": threat.ball,
             "frames": "all" if threat.frames is None else list(threat.frames)}
 

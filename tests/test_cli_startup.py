@@ -1,0 +1,71 @@
+"""The command line answers at once: --help, --version, usage errors and `inspect` import neither
+torch, onnxruntime nor matplotlib (each command imports what it uses when it runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from verifier.errors import PopqornError
+
+MODEL = Path(__file__).resolve().parents[1] / "models_onnx" / "mnist_lstm_t4_h32.onnx"
+HEAVY = ("torch", "onnxruntime", "matplotlib")
+
+# Runs the CLI in a fresh interpreter, then reports its exit code and which heavy modules it loaded.
+PROBE = """
+import json, sys
+from verifier.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "heavy": [m for m in HEAVY if m in sys.modules]}))
+""".replace("HEAVY", repr(HEAVY))
+
+
+def probe(*argv: str) -> tuple[int, list[str], str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=60, check=False)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return report["code"], report["heavy"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--help"], 0),
+    (["--version"], 0),
+    (["certify", "--help"], 0),
+    (["certify"], PopqornError.exit_code),  # missing arguments
+    (["bounds", "m.onnx", "--input", "x.npy", "--eps", "1", "--method", "nope"], PopqornError.exit_code),
+    (["frobnicate"], PopqornError.exit_code),
+    (["inspect", str(MODEL)], 0),
+    (["inspect", str(MODEL), "--json"], 0),
+])
+def test_light_commands_do_not_import_the_engine(argv, code):
+    got, heavy, output = probe(*argv)
+    assert got == code, output
+    assert heavy == [], f"popqorn {' '.join(argv)} imported {heavy}"
+
+
+def test_usage_errors_are_one_line():
+    done = subprocess.run([sys.executable, "-m", "verifier.cli", "certify"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == PopqornError.exit_code
+    assert done.stderr.count("\n") == 1 and "required" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_version_is_the_installed_one(capsys):
+    from importlib import metadata
+
+    from verifier.cli import main
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.strip() == f"popqorn {metadata.version('popqorn')}"
+
+
+def test_light_choices_match_the_engine():
+    from verifier import bounds, threat
+    from verifier.commands import options
+    assert options.METHODS == bounds.METHODS and options.BALLS == threat.BALLS
