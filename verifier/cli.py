@@ -26,6 +26,7 @@ COMMANDS = {
     "certify": "largest certified perturbation radius per sample",
     "attack": "search for counterexamples (PGD) within a perturbation radius",
     "vnnlib": "answer a VNN-LIB property: sat / unsat / unknown / timeout",
+    "audit": "certify a whole sample file on Ray workers into a resumable JSONL journal",
 }
 
 EXIT_CODES = f"""exit codes:
