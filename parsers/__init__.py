@@ -1,6 +1,35 @@
-"""ONNX front end: untrusted model file -> one-sample IR (verifier.ir.Graph)."""
+"""ONNX front end: untrusted model file -> one-sample IR (verifier.ir.Graph).
 
-from parsers.loader import convert_model, load_onnx, read_model
-from verifier.errors import ModelFileError, UnsupportedOperator
+The namespace is lazy (PEP 562): `import parsers` loads nothing until a name is used, and the front
+end never imports torch or onnxruntime (only numpy, onnx, verifier.ir and verifier.errors)."""
 
-__all__ = ["load_onnx", "convert_model", "read_model", "ModelFileError", "UnsupportedOperator"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "load_onnx": "parsers.loader",
+    "convert_model": "parsers.loader",
+    "read_model": "parsers.files",
+    "bind_shapes": "parsers.specialize",
+    "Budget": "parsers.budget",
+    "ModelFileError": "verifier.errors",
+    "UnsupportedOperator": "verifier.errors",
+    "InputError": "verifier.errors",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'parsers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

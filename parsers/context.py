@@ -9,10 +9,17 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from parsers.budget import Budget, Meter
 from parsers.builder import GraphBuilder
+from parsers.errors import ConstantRequired, Refusal
 from parsers.reference import run_node
 from parsers.values import Sym, Value
+from verifier import ir
 from verifier.errors import UnsupportedOperator
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    return node.name or (node.output[0] if node.output else node.op_type)
 
 
 def clean_name(name: str) -> str:
@@ -20,9 +27,10 @@ def clean_name(name: str) -> str:
 
 
 class Context:
-    def __init__(self, builder: GraphBuilder, opset: int) -> None:
+    def __init__(self, builder: GraphBuilder, opset: int, budget: Budget | None = None) -> None:
         self.builder = builder
         self.opset = opset
+        self.meter = Meter(budget or Budget())
         self.scopes: list[dict[str, Value]] = [{}]
         self.cells: list = []
         self.notes: list[str] = []
@@ -68,7 +76,29 @@ class Context:
         return values
 
     def unsupported(self, node: onnx.NodeProto, reason: str = "") -> UnsupportedOperator:
-        return UnsupportedOperator(node.op_type, self.opset, node.name or node.output[0], reason)
+        return UnsupportedOperator(node.op_type, self.opset, node_label(node), reason)
+
+    def constant(self, node: onnx.NodeProto, value: Value | None, what: str) -> np.ndarray | None:
+        """`value` as a constant array. A graph input used directly here (weights fed as inputs) is
+        reported to the loader, which binds it from the feeds; anything else computed from the
+        inputs is refused."""
+        if value is None or not isinstance(value, Sym):
+            return value
+        source = self.builder.nodes.get(value.node)
+        if isinstance(source, ir.Input):
+            raise ConstantRequired(source.onnx_name, node.op_type, node_label(node), what)
+        raise self.unsupported(node, f"{what} must be a constant, not computed from the model's inputs")
+
+    def run(self, node: onnx.NodeProto, inputs: list, opset: int | None = None) -> list:
+        """run_node with the output sizes checked first; a failure of the reference evaluator on
+        these values is a refusal (the model does not compute on them), not a crash."""
+        try:
+            return run_node(node, inputs, opset or self.opset, self.meter.budget.max_elements)
+        except Refusal:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise Refusal(f"the operator fails on these shapes/values: {first}") from exc
 
     # -- generic mechanisms ----------------------------------------------------------
     def materialize(self, value: Value, like: Sym | None = None) -> Sym:
@@ -106,7 +136,7 @@ class Context:
                 id_inputs[k] = -(1 + n_const + np.arange(arr.size, dtype=np.int64)).reshape(arr.shape)
                 const_parts.append(arr.astype(np.float64).reshape(-1))
                 n_const += arr.size
-        moved = run_node(node, id_inputs, opset or self.opset)
+        moved = self.run(node, id_inputs, opset)
         consts = np.concatenate(const_parts) if const_parts else np.zeros(0)
         results: list[Value] = []
         source: str | None = None
@@ -132,6 +162,10 @@ class Context:
         """Expand a symbolic tensor to `shape` (numpy broadcasting) by repeating elements."""
         if value.shape == tuple(shape):
             return value
+        count = int(np.prod(shape, dtype=np.float64))
+        if count > self.meter.budget.max_elements:
+            raise Refusal(f"broadcasting to {tuple(shape)} gives {count:,} elements, over the limit max_elements="
+                          f"{self.meter.budget.max_elements:,}")
         ids = np.arange(value.size, dtype=np.int64).reshape(value.shape)
         ids = np.broadcast_to(ids, shape)
         node = self.builder.select(value.node, ids.reshape(-1), f"{self.prefix}/broadcast")

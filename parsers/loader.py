@@ -1,64 +1,52 @@
-"""`load_onnx`: an untrusted ONNX file in, a one-sample IR graph out."""
+"""`load_onnx`: an untrusted ONNX file in, a one-sample IR graph out.
+
+When every input shape is known the graph is built at once. When some are not (a dynamic time
+axis) or when a converter needs the value of a graph input (weights fed as inputs), the graph
+returned only lists the inputs and carries a `specializer` (see `parsers.specialize`): the
+concrete graph is built from the feeds, at evaluate/bounds/certify time.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
-import re
-from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, numpy_helper
 
 from parsers import ops  # noqa: F401  (registers the converters)
+from parsers.budget import Budget
 from parsers.builder import GraphBuilder
 from parsers.context import Context, clean_name
+from parsers.errors import BatchLayoutError, ConstantRequired
+from parsers.files import MAX_MODEL_BYTES, check_opsets, read_model, tensor_value
+from parsers.inputs import DeclaredInput, declare_inputs
 from parsers.values import Sym
 from parsers.walk import convert_nodes
 from verifier import ir
-from verifier.errors import InputError, ModelFileError
+from verifier.errors import InputError, ModelFileError, UnsupportedOperator
 
-MAX_MODEL_BYTES = 512 * 1024 * 1024
-_RECURRENT = {"LSTM", "GRU", "RNN"}
-_BATCH_NAME = re.compile(r"batch|^n$|^b$|^N$|^B$|unk__|^s0$", re.IGNORECASE)
+MAX_AXIS_TRIALS = 16
 
 
-def read_model(path: str | os.PathLike, max_bytes: int = MAX_MODEL_BYTES) -> onnx.ModelProto:
-    """Load and validate a model file without trusting it: size cap, external data confined
-    to the model's folder, onnx.checker. Nothing in the file is executed."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ModelFileError(f"model file {path} is {size} bytes, over the {max_bytes}-byte limit")
+def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
+              batch_axes: dict[str, int | None] | None = None,
+              frame_axes: dict[str, int | None] | None = None,
+              max_bytes: int = MAX_MODEL_BYTES, *, max_nodes: int = Budget.max_nodes,
+              max_unrolled: int = Budget.max_unrolled, max_elements: int = Budget.max_elements) -> ir.Graph:
+    """Parse an ONNX model into a one-sample IR graph.
+
+    input_shapes: full shapes (batch included) for inputs whose non-batch dims are dynamic; without
+    them such a graph is built per feed shape (its `specializer` is set).
+    batch_axes / frame_axes: override the inferred batch and time axis of an input.
+    max_nodes / max_unrolled / max_elements: resource budgets (see parsers.budget.Budget).
+    """
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelFileError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
-    if not model.graph.node and not model.graph.output:
-        raise ModelFileError(f"{path} is not an ONNX model (empty graph)")
-    folder = path.resolve().parent
-    external = [t for t in external_data_helper._get_all_tensors(model)
-                if t.data_location == onnx.TensorProto.EXTERNAL]
-    total = size
-    for tensor in external:
-        info = {e.key: e.value for e in tensor.external_data}
-        target = (folder / info.get("location", "")).resolve()
-        if folder not in target.parents or not target.is_file():
-            raise ModelFileError(f"tensor {tensor.name!r} refers to external data outside the model's "
-                                 f"folder or missing: {info.get('location')!r}")
-        total += target.stat().st_size
-        if total > max_bytes:
-            raise ModelFileError(f"model with external data exceeds the {max_bytes}-byte limit")
-    if external:
-        external_data_helper.load_external_data_for_model(model, str(folder))
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path} fails onnx.checker: {first}") from exc
-    return model
+        budget = Budget(max_nodes, max_unrolled, max_elements)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    model = read_model(path, max_bytes)
+    return convert_model(model, input_shapes, batch_axes, frame_axes, budget=budget)
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -68,118 +56,120 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise ModelFileError("model imports no default-domain opset")
 
 
-def _declared_dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
-    dims = []
-    for d in value_info.type.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
-    return dims
+def convert_model(model: onnx.ModelProto, input_shapes=None, batch_axes=None, frame_axes=None, *,
+                  budget: Budget | None = None) -> ir.Graph:
+    from parsers.specialize import (
+        symbolic_graph,  # the specializer builds through this module
+    )
+
+    check_opsets(model)
+    conversion = Conversion(model, budget or Budget())
+    declared = declare_inputs(model.graph, input_shapes, batch_axes, frame_axes, conversion.budget.max_elements)
+    fold = {d.onnx_name for d in declared if d.constant_only}
+    if fold or any(d.unknown_axes for d in declared):
+        return symbolic_graph(conversion, declared, fold)
+    try:
+        return conversion.build_with_axis_search(declared)
+    except ConstantRequired as need:
+        conversion.check_foldable(need, declared)
+        return symbolic_graph(conversion, declared, {need.input_name}, {need.input_name: need})
 
 
-def _axes_from_consumers(graph: onnx.GraphProto, name: str) -> tuple[int, int | None] | None:
-    """(batch_axis, frame_axis) when a recurrent op reads the input directly."""
-    for node in graph.node:
-        if node.op_type == "Scan" and name in node.input:
-            count = next((a.i for a in node.attribute if a.name == "num_scan_inputs"), 0)
-            slot = list(node.input).index(name) - (len(node.input) - count)
-            if slot >= 0:  # a scanned sequence: frames along the scan axis, batch on another
-                axes = next((list(a.ints) for a in node.attribute if a.name == "scan_input_axes"), [0] * count)
-                rank = len(_declared_dims(next(i for i in graph.input if i.name == name))) or 3
-                frame = (axes[slot] if axes else 0) % rank
-                return (1 if frame == 0 else 0), frame
-        if node.op_type not in _RECURRENT or name not in node.input:
-            continue
-        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
-        slot = list(node.input).index(name)
-        if slot == 0:
-            return (1, 0) if layout == 0 else (0, 1)
-        if slot in (5, 6):  # initial_h / initial_c: [dirs, batch, hidden] or [batch, dirs, hidden]
-            return (1, None) if layout == 0 else (0, None)
-    return None
+class Conversion:
+    """One model's conversion: what does not change between builds (initializers, trailing
+    softmax), and `build`, which unrolls the graph for concrete input shapes."""
+
+    def __init__(self, model: onnx.ModelProto, budget: Budget) -> None:
+        self.model, self.budget = model, budget
+        self.opset = default_opset(model)
+        graph = model.graph
+        self.initializers = {t.name: tensor_value(t, budget.max_elements, "initializer") for t in graph.initializer}
+        for sparse in graph.sparse_initializer:
+            self.initializers[sparse.values.name] = tensor_value(sparse, budget.max_elements, "sparse initializer")
+        self.trailing = _trailing_softmax(graph)
+        version = model.producer_version if model.producer_version not in ("", "None") else ""
+        self.producer = f"{model.producer_name} {version}".strip()
+
+    def check_foldable(self, need: ConstantRequired, declared: list[DeclaredInput]) -> None:
+        """Only inputs that are not the perturbed sequence can be held fixed at their fed values."""
+        item = next(d for d in declared if d.onnx_name == need.input_name)
+        if not item.constant_only and (item.frame_axis is not None or len(declared) == 1):
+            raise UnsupportedOperator(need.op_type, self.opset, need.node_name,
+                                      f"{need.what} must be a constant, but it is the model input "
+                                      f"{need.input_name!r}, the one popqorn perturbs")
+
+    def build(self, declared: list[DeclaredInput], shapes: dict[str, tuple[int, ...]],
+              constants: dict[str, np.ndarray]) -> ir.Graph:
+        """The IR for concrete per-sample input shapes (batch axis 1); inputs in `constants` are
+        folded in at their given values instead of being graph inputs."""
+        graph = self.model.graph
+        builder = GraphBuilder()
+        ctx = Context(builder, self.opset, self.budget)
+        for name, value in self.initializers.items():
+            ctx.bind(name, value)
+        for item in declared:
+            if item.onnx_name in constants:
+                ctx.bind(item.onnx_name, constants[item.onnx_name])
+                continue
+            shape = shapes[item.onnx_name]
+            node = builder.input(clean_name(item.onnx_name), shape, item.batch_axis, item.frame_axis, item.onnx_name)
+            ctx.bind(item.onnx_name, Sym(node, shape, item.batch_axis))
+        if constants:
+            ctx.notes.append(f"inputs {sorted(constants)} are used as constants: bound from the feeds and held fixed")
+        convert_nodes(ctx, list(graph.node), skip={n.name for n, _ in self.trailing.values()})
+        outputs = []
+        for info in graph.output:
+            post, axis, source = None, -1, info.name
+            if info.name in self.trailing:
+                node, post = self.trailing[info.name]
+                source = node.input[0]
+                axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if self.opset >= 13 else 1)
+                ctx.notes.append(f"dropped trailing {node.op_type} on output {info.name!r} (argmax-invariant); "
+                                 "bounds are on its input")
+            value = ctx.lookup(source)
+            if not isinstance(value, Sym):
+                raise ModelFileError(f"output {info.name!r} does not depend on any input")
+            outputs.append(ir.Output(info.name, value.node, value.shape, value.batch_axis, post, axis))
+        return builder.build(outputs, cells=tuple(ctx.cells), notes=tuple(ctx.notes), opset=self.opset,
+                             producer=self.producer)
+
+    def build_with_axis_search(self, declared: list[DeclaredInput]) -> ir.Graph:
+        """Fixed-shape exports (dynamo without dynamic_shapes) say nothing about which axis is the
+        batch. The guess is axis 0; when that mixes samples somewhere (a BatchLayoutError), the
+        other axes of the guessed inputs are tried, and the first consistent graph wins."""
+        guessed = [k for k, d in enumerate(declared) if not d.evidence and len(d.dims) >= 2]
+        first_error: BatchLayoutError | None = None
+        for trial in itertools.islice(_axis_trials(declared, guessed), MAX_AXIS_TRIALS):
+            try:
+                graph = self.build(trial, {d.onnx_name: d.template() for d in trial}, {})
+            except BatchLayoutError as exc:
+                first_error = first_error or exc
+                continue
+            moved = [f"{d.onnx_name!r}: {d.batch_axis}" for d, old in zip(trial, declared) if d.batch_axis != old.batch_axis]
+            if not moved:
+                return graph
+            note = (f"batch axis inferred from the graph (fixed-shape export): {', '.join(moved)}; "
+                    "axis 0 would mix samples")
+            return ir.Graph(graph.nodes, graph.inputs, graph.outputs, graph.cells, (*graph.notes, note),
+                            graph.opset, graph.producer)
+        assert first_error is not None
+        raise first_error
 
 
-def _input_axes(graph: onnx.GraphProto, info: onnx.ValueInfoProto, dims: list) -> tuple[int | None, int | None]:
-    rank = len(dims)
-    if rank == 0:
-        return None, None
-    found = _axes_from_consumers(graph, info.name)
-    if found:
-        return found
-    symbolic = [k for k, d in enumerate(dims) if isinstance(d, str)]
-    named = [k for k in symbolic if _BATCH_NAME.search(dims[k])]
-    batch = (named or symbolic or [0])[0]
-    others = [k for k in range(rank) if k != batch]
-    frame = others[0] if rank >= 3 else None
-    return batch, frame
-
-
-def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
-              batch_axes: dict[str, int | None] | None = None,
-              frame_axes: dict[str, int | None] | None = None,
-              max_bytes: int = MAX_MODEL_BYTES) -> ir.Graph:
-    """Parse an ONNX model into a one-sample IR graph.
-
-    input_shapes: full shapes (batch included) for inputs whose non-batch dims are dynamic.
-    batch_axes / frame_axes: override the inferred batch and time axis of an input.
-    """
-    model = read_model(path, max_bytes)
-    return convert_model(model, input_shapes, batch_axes, frame_axes)
-
-
-def convert_model(model: onnx.ModelProto, input_shapes=None, batch_axes=None, frame_axes=None) -> ir.Graph:
-    graph = model.graph
-    opset = default_opset(model)
-    builder = GraphBuilder()
-    ctx = Context(builder, opset)
-    initializer_names = set()
-    for tensor in graph.initializer:
-        ctx.bind(tensor.name, numpy_helper.to_array(tensor))
-        initializer_names.add(tensor.name)
-    for node in graph.node:  # Constant nodes may also sit in sparse_initializer; handled by folding
-        pass
-    input_shapes = input_shapes or {}
-    for info in graph.input:
-        if info.name in initializer_names:
-            continue
-        if not info.type.HasField("tensor_type"):
-            raise ModelFileError(f"graph input {info.name!r} is not a tensor")
-        dims = _declared_dims(info)
-        batch, frame = _input_axes(graph, info, dims)
-        if batch_axes and info.name in batch_axes:
-            batch = batch_axes[info.name]
-        if frame_axes and info.name in frame_axes:
-            frame = frame_axes[info.name]
-        if info.name in input_shapes:
-            given = tuple(int(d) for d in input_shapes[info.name])
-            if len(given) != len(dims) or any(isinstance(d, int) and d != g and k != batch
-                                              for k, (d, g) in enumerate(zip(dims, given))):
-                raise InputError(f"input {info.name!r}: shape {given} does not fit the model's {tuple(dims)}")
-            dims = list(given)
-        unknown = [k for k, d in enumerate(dims) if isinstance(d, str) and k != batch]
-        if unknown:
-            raise InputError(f"input {info.name!r} has dynamic dimension(s) {[dims[k] for k in unknown]} "
-                             f"on axis {unknown}; give the input's full shape (e.g. from a sample file)")
-        shape = tuple(1 if k == batch else int(d) for k, d in enumerate(dims))
-        node = builder.input(clean_name(info.name), shape, batch, frame, info.name)
-        ctx.bind(info.name, Sym(node, shape, batch))
-
-    trailing = _trailing_softmax(graph)
-    convert_nodes(ctx, list(graph.node), skip={n.name for n, _ in trailing.values()})
-    outputs = []
-    for info in graph.output:
-        post, axis, source = None, -1, info.name
-        if info.name in trailing:
-            node, post = trailing[info.name]
-            source = node.input[0]
-            axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
-            ctx.notes.append(f"dropped trailing {node.op_type} on output {info.name!r} (argmax-invariant); "
-                             "bounds are on its input")
-        value = ctx.lookup(source)
-        if not isinstance(value, Sym):
-            raise ModelFileError(f"output {info.name!r} does not depend on any input")
-        outputs.append(ir.Output(info.name, value.node, value.shape, value.batch_axis, post, axis))
-    version = model.producer_version if model.producer_version not in ("", "None") else ""
-    producer = f"{model.producer_name} {version}".strip()
-    return builder.build(outputs, cells=tuple(ctx.cells), notes=tuple(ctx.notes), opset=opset, producer=producer)
+def _axis_trials(declared: list[DeclaredInput], guessed: list[int]):
+    """The declared axes first, then other batch axes for the guessed inputs, fewest changes first."""
+    choices = []
+    for k in guessed:
+        item = declared[k]
+        others = [a for a in range(len(item.dims) - 1) if a != item.batch_axis]
+        choices.append([item.batch_axis, *others])
+    combos = sorted(itertools.product(*choices), key=lambda combo: sum(c != choices[i][0] for i, c in enumerate(combo)))
+    for combo in combos:
+        trial = list(declared)
+        for k, axis in zip(guessed, combo):
+            if axis != declared[k].batch_axis:
+                trial[k] = declared[k].with_axes(axis)
+        yield trial
 
 
 def _trailing_softmax(graph: onnx.GraphProto) -> dict[str, tuple[onnx.NodeProto, ir.Postprocess]]:

@@ -8,8 +8,8 @@ instead of silently ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import onnx
 

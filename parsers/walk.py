@@ -1,4 +1,10 @@
-"""Converts a list of ONNX nodes (a graph or a loop body) into IR, node by node."""
+"""Converts a list of ONNX nodes (a graph or a loop body) into IR, node by node.
+
+Constant nodes are folded with the reference evaluator (sizes checked first); the others go to
+their registered converter. Deliberate refusals (`UnsupportedOperator`, `Refusal`) name the op
+and node; any other exception from a converter is a bug and surfaces as `ConverterBug`, never as
+"unsupported operator". Every symbolic result is checked to keep its batch axis at size one.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,14 @@ import numpy as np
 import onnx
 
 from parsers import registry
-from parsers.context import Context, clean_name
-from parsers.reference import run_node
+from parsers.context import Context, clean_name, node_label
+from parsers.errors import BatchLayoutError, ConstantRequired, ConverterBug, Refusal
 from parsers.values import Sym, is_const
-from verifier.errors import PopqornError, UnsupportedOperator
+from verifier.errors import ModelFileError, PopqornError, UnsupportedOperator
 
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                "Multinomial", "Bernoulli"}
+_RECURRENT = {"LSTM", "GRU", "RNN"}
 
 
 def convert_nodes(ctx: Context, nodes: list[onnx.NodeProto], skip: set[str] = frozenset()) -> None:
@@ -22,35 +29,76 @@ def convert_nodes(ctx: Context, nodes: list[onnx.NodeProto], skip: set[str] = fr
         convert_node(ctx, node, position)
 
 
+def _lookup(ctx: Context, node: onnx.NodeProto, name: str):
+    try:
+        return ctx.lookup(name)
+    except KeyError:
+        raise ModelFileError(f"node {node_label(node)!r} ({node.op_type}) reads {name!r}, which nothing defines") from None
+
+
 def convert_node(ctx: Context, node: onnx.NodeProto, position: int = 0) -> None:
+    label = node_label(node)
     if node.domain not in ("", "ai.onnx"):
-        raise UnsupportedOperator(node.op_type, ctx.opset, node.name or node.output[0],
-                                  f"operators of domain {node.domain!r} are not supported")
-    inputs = [ctx.lookup(name) if name else None for name in node.input]
+        raise UnsupportedOperator(node.op_type, ctx.opset, label, f"operators of domain {node.domain!r} are not supported")
+    ctx.meter.check_nodes(len(ctx.builder.nodes), 0, f"node {label!r}")
+    inputs = [_lookup(ctx, node, name) if name else None for name in node.input]
     ctx.prefix = ctx.scope_prefix + clean_name(node.name or f"{node.op_type}_{position}")
     has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
     if node.op_type in _NEVER_FOLD:
         raise ctx.unsupported(node, "random operators make the model non-deterministic")
     if all(x is None or is_const(x) for x in inputs) and not has_subgraph:
-        try:
-            outputs = run_node(node, _common_float_type(inputs), ctx.opset)
-        except Exception as exc:  # the reference evaluator's own message is the best we have
-            raise ctx.unsupported(node, f"constant folding failed: {exc}") from exc
+        outputs = _fold(ctx, node, inputs)
     else:
-        conv = registry.lookup(node.op_type, ctx.opset)
-        if conv is None:
-            raise ctx.unsupported(node)
-        unknown = sorted(a.name for a in node.attribute if a.name not in conv.attributes)
-        if unknown:
-            raise ctx.unsupported(node, f"attribute {', '.join(unknown)} is not supported")
-        try:
-            outputs = conv.fn(node, inputs, ctx)
-        except PopqornError:
-            raise
-        except (ValueError, IndexError) as exc:
-            raise ctx.unsupported(node, str(exc)) from exc
+        outputs = _convert(ctx, node, inputs)
     for name, value in zip(node.output, outputs):
         ctx.bind(name, value)
+
+
+def _fold(ctx: Context, node: onnx.NodeProto, inputs: list) -> list:
+    if node.op_type in _RECURRENT and inputs and inputs[0] is not None and np.ndim(inputs[0]) == 3:
+        steps = max(np.shape(inputs[0])[:2])  # time is one of the first two axes, whatever the layout
+        hidden = ctx.attrs(node).get("hidden_size") or 1
+        ctx.meter.charge_unrolled(int(steps) * int(hidden), f"folding {node.op_type} node {node_label(node)!r}")
+    try:
+        outputs = ctx.run(node, _common_float_type(inputs))
+    except Refusal as exc:
+        raise ctx.unsupported(node, f"constant folding failed: {exc}") from exc
+    if node.op_type == "Constant":
+        for name, value in zip(node.output, outputs):
+            if value is not None and np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+                raise ModelFileError(f"Constant node {node_label(node)!r} (tensor {name!r}) contains NaN or "
+                                     "infinite values")
+    return outputs
+
+
+def _convert(ctx: Context, node: onnx.NodeProto, inputs: list) -> list:
+    label = node_label(node)
+    conv = registry.lookup(node.op_type, ctx.opset)
+    if conv is None:
+        raise ctx.unsupported(node)
+    unknown = sorted(a.name for a in node.attribute if a.name not in conv.attributes)
+    if unknown:
+        raise ctx.unsupported(node, f"attribute {', '.join(unknown)} is not supported")
+    try:
+        outputs = conv.fn(node, inputs, ctx)
+    except (PopqornError, ConstantRequired, ConverterBug):
+        raise
+    except Refusal as exc:
+        raise ctx.unsupported(node, str(exc)) from exc
+    except Exception as exc:  # a converter bug: an internal error naming the node, not "unsupported"
+        raise ConverterBug(node.op_type, label, exc) from exc
+    if not isinstance(outputs, list) or len(outputs) > len(node.output) or not all(
+            x is None or isinstance(x, (Sym, np.ndarray)) for x in outputs):
+        raise ConverterBug(node.op_type, label, TypeError(f"converter returned {type(outputs).__name__} "
+                                                          f"for {len(node.output)} outputs"))
+    for value in outputs:
+        if isinstance(value, Sym) and value.batch_axis is not None and not (
+                0 <= value.batch_axis < value.rank and value.shape[value.batch_axis] == 1):
+            raise BatchLayoutError(node.op_type, ctx.opset, label,
+                                   f"its result {value.shape} has {value.shape[value.batch_axis] if value.batch_axis < value.rank else '?'} "
+                                   f"entries on the batch axis {value.batch_axis}: it mixes samples (the input's batch "
+                                   "axis may not be where popqorn assumed; give batch_axes=...)")
+    return outputs
 
 
 def _common_float_type(inputs: list) -> list:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from parsers.context import Context
+from parsers.budget import body_cost
+from parsers.context import Context, node_label
+from parsers.errors import Refusal
+from parsers.files import tensor_value
 from parsers.registry import converter
 from parsers.values import Sym, Value
 from parsers.walk import convert_nodes
@@ -23,6 +26,7 @@ MAX_ITERATIONS = 10000
 
 def _run_body(ctx: Context, body: onnx.GraphProto, bindings: list[Value], prefix: str) -> list[Value]:
     """Convert one iteration of a subgraph with its inputs bound; returns its outputs."""
+    ctx.meter.spend(len(body.node))
     ctx.scopes.append({})
     saved_prefix = ctx.scope_prefix
     ctx.scope_prefix = prefix
@@ -30,7 +34,7 @@ def _run_body(ctx: Context, body: onnx.GraphProto, bindings: list[Value], prefix
         for graph_input, value in zip(body.input, bindings):
             ctx.bind(graph_input.name, value)
         for initializer in body.initializer:
-            ctx.bind(initializer.name, onnx.numpy_helper.to_array(initializer))
+            ctx.bind(initializer.name, tensor_value(initializer, ctx.meter.budget.max_elements, "initializer"))
         convert_nodes(ctx, list(body.node))
         return [ctx.lookup(out.name) for out in body.output]
     finally:
@@ -45,14 +49,14 @@ def _stack(ctx: Context, parts: list[Value], axis: int, name: str) -> Value:
     like = next(p for p in parts if isinstance(p, Sym))
     shapes = {tuple(p.shape) if isinstance(p, Sym) else np.shape(p) for p in parts}
     if len(shapes) != 1:
-        raise ValueError(f"scan outputs change shape between iterations: {sorted(shapes)}")
+        raise Refusal(f"scan outputs change shape between iterations: {sorted(shapes)}")
     nodes = [p.node if isinstance(p, Sym) else ctx.materialize(np.asarray(p, dtype=np.float64), like).node for p in parts]
     joined = ctx.builder.concat(nodes, f"{name}/stack")
     shape = (len(parts), *like.shape)
     ids = np.moveaxis(np.arange(int(np.prod(shape))).reshape(shape), 0, axis)
     batch_axes = {p.batch_axis for p in parts if isinstance(p, Sym) and p.batch_axis is not None}
     if len(batch_axes) > 1:
-        raise ValueError(f"scan outputs move their batch axis between iterations: {sorted(batch_axes)}")
+        raise Refusal(f"scan outputs move their batch axis between iterations: {sorted(batch_axes)}")
     batch = batch_axes.pop() if batch_axes else None
     batch = None if batch is None else batch + (1 if batch >= axis else 0)
     return Sym(ctx.builder.select(joined, ids.reshape(-1), f"{name}/order"), ids.shape, batch)
@@ -63,7 +67,7 @@ def _slice(ctx: Context, value: Value, axis: int, index: int, name: str) -> Valu
     if not isinstance(value, Sym):
         return np.take(np.asarray(value), index, axis=axis)
     if value.batch_axis == axis:
-        raise ValueError("scanning over the batch axis is not supported")
+        raise Refusal("scanning over the batch axis is not supported")
     ids = np.take(np.arange(value.size).reshape(value.shape), index, axis=axis)
     batch = value.batch_axis
     batch = None if batch is None else batch - (1 if batch > axis else 0)
@@ -88,6 +92,14 @@ def _refuse_non_tensors(ctx: Context, node: onnx.NodeProto, body: onnx.GraphProt
         raise ctx.unsupported(node, "an input is a sequence/optional; only tensors are unrolled")
 
 
+def _charge(ctx: Context, node: onnx.NodeProto, body: onnx.GraphProto, iterations: int, kind: str) -> None:
+    """Refuse before unrolling when iterations x body size does not fit the budget (nested loops
+    with constant trip counts multiply, so two 10^4-step loops are refused at once)."""
+    where = f"{kind} node {node_label(node)!r} ({iterations:,} iterations)"
+    cost = iterations * max(body_cost(body), 1)
+    ctx.meter.reserve(cost, where)
+
+
 def _shape(value: Value) -> tuple[int, ...]:
     return value.shape if isinstance(value, Sym) else np.shape(value)
 
@@ -108,6 +120,7 @@ def loop(node: onnx.NodeProto, inputs: list, ctx: Context) -> list[Value]:
         raise ctx.unsupported(node, "the loop condition depends on the input")
     limit = None if trip_count is None else int(np.asarray(trip_count).reshape(-1)[0])
     label = ctx.prefix
+    _charge(ctx, node, body, min(MAX_ITERATIONS, max(limit, 0)) if limit is not None else 1, "Loop")
     n_scan = len(body.output) - 1 - len(carried)
     scans: list[list[Value]] = []
     iteration = 0
@@ -174,6 +187,7 @@ def scan(node: onnx.NodeProto, inputs: list, ctx: Context) -> list[Value]:
     if length == 0:
         raise ctx.unsupported(node, "a scan over zero steps")
     label = ctx.prefix
+    _charge(ctx, node, body, length, "Scan")
     per_step: list[list[Value]] = []
     for step in range(length):
         slices = [_slice(ctx, v, a, length - 1 - step if d else step, f"{label}/t{step}/in{k}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from parsers.context import Context
+from parsers.errors import Refusal
 from parsers.registry import converter
 from parsers.values import Sym
 from verifier.ir import Act, ActivationFn
@@ -29,7 +30,7 @@ def collapse_fixed_batch(const: np.ndarray, rank: int, batch_axis: int | None) -
         return const
     first = np.take(const, [0], axis=axis)
     if not np.array_equal(np.broadcast_to(first, const.shape), const):
-        raise ValueError("a constant differs between batch entries; the model is not per-sample")
+        raise Refusal("a constant differs between batch entries; the model is not per-sample")
     return first
 
 
@@ -89,8 +90,7 @@ def mul(node, inputs, ctx):
 
 @converter("Div", since=1)
 def div(node, inputs, ctx):
-    if isinstance(inputs[1], Sym):
-        raise ctx.unsupported(node, "division by a value that depends on the input")
+    inputs = [inputs[0], ctx.constant(node, inputs[1], "the divisor")]
     a, b, shape, batch = prepare_binary(ctx, *inputs)
     return [_scale_shift(ctx, a, 1.0 / b, 0.0, shape, batch, "div")]
 
@@ -144,9 +144,7 @@ def hard_sigmoid(node, inputs, ctx):
 @converter("Clip", since=1, attributes=("min", "max"))
 def clip(node, inputs, ctx):
     if ctx.opset >= 11:
-        bounds = [inputs[k] if len(inputs) > k else None for k in (1, 2)]
-        if any(isinstance(v, Sym) for v in bounds):
-            raise ctx.unsupported(node, "clip bounds computed from the input")
+        bounds = [ctx.constant(node, inputs[k], "the clip bounds") if len(inputs) > k else None for k in (1, 2)]
         low, high = [float(np.asarray(v)) if v is not None else None for v in bounds]
     else:
         attrs = ctx.attrs(node)

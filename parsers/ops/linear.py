@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from parsers.context import Context
+from parsers.errors import Refusal
 from parsers.ops.elementwise import collapse_fixed_batch
 from parsers.registry import converter
 from parsers.values import Sym
+from verifier import ir
 
 
 def _permute_last_two(ctx: Context, x: Sym, name: str) -> Sym:
@@ -28,7 +30,7 @@ def sym_times_matrix(ctx: Context, x: Sym, matrix: np.ndarray, bias, name: str) 
     else:
         squeeze = False
     if x.batch_axis is not None and x.batch_axis == x.rank - 1:
-        raise ValueError("contracting over the batch axis")
+        raise Refusal("contracting over the batch axis mixes samples")
     out_shape = x.shape[:-1] + (matrix.shape[1],)
     full_bias = None if bias is None else np.broadcast_to(np.asarray(bias, dtype=np.float64), out_shape)
     node = ctx.builder.affine(x.node, matrix.T, None if full_bias is None else full_bias.reshape(-1),
@@ -51,6 +53,8 @@ def _constant_matrix(ctx, node, w) -> np.ndarray:
 def matmul(node, inputs, ctx):
     a, b = inputs
     if isinstance(a, Sym) and isinstance(b, Sym):
+        if isinstance(ctx.builder.nodes.get(b.node), ir.Input):
+            ctx.constant(node, b, "the right operand")  # weights fed as a graph input: bound from the feeds
         raise ctx.unsupported(node, "product of two input-dependent matrices")
     if isinstance(a, Sym):
         w = _constant_matrix(ctx, node, b)
@@ -75,6 +79,8 @@ def gemm(node, inputs, ctx):
     attrs = ctx.attrs(node)
     a, b = inputs[0], inputs[1]
     c = inputs[2] if len(inputs) > 2 else None
+    if isinstance(a, Sym):
+        b, c = ctx.constant(node, b, "B"), ctx.constant(node, c, "C")
     if not isinstance(a, Sym) or isinstance(b, Sym) or isinstance(c, Sym):
         raise ctx.unsupported(node, "only input-dependent A with constant B and C is supported")
     if attrs.get("transA", 0):

@@ -7,7 +7,6 @@ import numpy as np
 from onnx import helper
 
 from parsers.context import Context
-from parsers.reference import run_node
 from parsers.registry import converter
 from parsers.values import Sym
 
@@ -16,10 +15,8 @@ def _norm(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def _const_ints(value, what: str) -> list[int]:
-    if isinstance(value, Sym):
-        raise ValueError(f"{what} must be a constant")
-    return [int(v) for v in np.asarray(value).reshape(-1)]
+def _const_ints(ctx: Context, node, value, what: str) -> list[int]:
+    return [int(v) for v in np.asarray(ctx.constant(node, value, what)).reshape(-1)]
 
 
 def _move_first(node, inputs, ctx: Context, batch_axis):
@@ -41,7 +38,13 @@ def cast(node, inputs, ctx):
 
 @converter("Shape", since=1, attributes=("start", "end"))
 def shape(node, inputs, ctx):
-    return run_node(node, [np.zeros(inputs[0].shape, dtype=np.float32)], ctx.opset)
+    """The shape of a symbolic value is known (batch axis 1): a constant."""
+    dims = inputs[0].shape
+    attrs = ctx.attrs(node) if ctx.opset >= 15 else {}
+    start, end = int(attrs.get("start", 0)), attrs.get("end")
+    end = len(dims) if end is None else int(end)
+    start, end = [min(max(k + len(dims) if k < 0 else k, 0), len(dims)) for k in (start, end)]
+    return [np.array(dims[start:end], dtype=np.int64)]
 
 
 @converter("Size", since=1)
@@ -92,8 +95,8 @@ def _one_sample_shape(x: Sym, target: np.ndarray) -> np.ndarray:
 @converter("Reshape", since=5, attributes=("allowzero",))
 def reshape(node, inputs, ctx):
     x = inputs[0]
-    if isinstance(x, Sym) and len(inputs) > 1 and not isinstance(inputs[1], Sym):
-        inputs = [x, _one_sample_shape(x, inputs[1]), *inputs[2:]]
+    if len(inputs) > 1:
+        inputs = [x, _one_sample_shape(x, ctx.constant(node, inputs[1], "shape")), *inputs[2:]]
     out = ctx.move(node, inputs, (0,), [None])[0]
     return [Sym(out.node, out.shape, reshape_batch_axis(x.shape, out.shape, x.batch_axis))]
 
@@ -109,7 +112,7 @@ def flatten(node, inputs, ctx):
 
 def _squeeze_axes(node, inputs, ctx) -> list[int] | None:
     if ctx.opset >= 13:
-        return None if len(inputs) < 2 or inputs[1] is None else _const_ints(inputs[1], "axes")
+        return None if len(inputs) < 2 or inputs[1] is None else _const_ints(ctx, node, inputs[1], "axes")
     return ctx.attrs(node).get("axes")
 
 
@@ -137,7 +140,7 @@ def squeeze_with_axes(node, inputs, ctx, axes):
 @converter("Unsqueeze", since=1, attributes=("axes",))
 def unsqueeze(node, inputs, ctx):
     x = inputs[0]
-    axes = _const_ints(inputs[1], "axes") if ctx.opset >= 13 else ctx.attrs(node)["axes"]
+    axes = _const_ints(ctx, node, inputs[1], "axes") if ctx.opset >= 13 else ctx.attrs(node)["axes"]
     rank = x.rank + len(axes)
     axes = sorted(_norm(a, rank) for a in axes)
     b = x.batch_axis
@@ -150,8 +153,7 @@ def unsqueeze(node, inputs, ctx):
 @converter("Gather", since=1, attributes=("axis",))
 def gather(node, inputs, ctx):
     x, indices = inputs
-    if isinstance(indices, Sym):
-        raise ctx.unsupported(node, "indices computed from the input")
+    indices = ctx.constant(node, indices, "indices")
     axis = _norm(ctx.attrs(node).get("axis", 0), x.rank)
     b = x.batch_axis
     if b is not None:
@@ -161,8 +163,7 @@ def gather(node, inputs, ctx):
 
 @converter("Slice", since=1, attributes=("starts", "ends", "axes"))
 def slice_(node, inputs, ctx):
-    if any(isinstance(v, Sym) for v in inputs[1:]):
-        raise ctx.unsupported(node, "slice bounds computed from the input")
+    inputs = [inputs[0], *(ctx.constant(node, v, "slice bounds") for v in inputs[1:])]
     return _move_first(node, inputs, ctx, inputs[0].batch_axis)
 
 
@@ -181,6 +182,7 @@ def concat(node, inputs, ctx):
 @converter("Expand", since=8)
 def expand(node, inputs, ctx):
     x = inputs[0]
+    inputs = [x, ctx.constant(node, inputs[1], "shape")]
     out_rank = max(x.rank, int(np.asarray(inputs[1]).size))
     b = None if x.batch_axis is None else x.batch_axis + out_rank - x.rank
     return _move_first(node, inputs, ctx, b)
@@ -189,7 +191,7 @@ def expand(node, inputs, ctx):
 @converter("Tile", since=6)
 def tile(node, inputs, ctx):
     x = inputs[0]
-    repeats = _const_ints(inputs[1], "repeats")
+    repeats = _const_ints(ctx, node, inputs[1], "repeats")
     if x.batch_axis is not None and repeats[x.batch_axis] != 1:
         raise ctx.unsupported(node, "tiling along the batch axis")
     return _move_first(node, inputs, ctx, x.batch_axis)
@@ -198,7 +200,7 @@ def tile(node, inputs, ctx):
 @converter("ReverseSequence", since=10, attributes=("batch_axis", "time_axis"))
 def reverse_sequence(node, inputs, ctx):
     x, lens = inputs
-    lens = np.asarray(lens).reshape(-1)
-    if isinstance(inputs[1], Sym) or len(set(lens.tolist())) != 1:
+    lens = np.asarray(ctx.constant(node, lens, "sequence_lens")).reshape(-1)
+    if len(set(lens.tolist())) != 1:
         raise ctx.unsupported(node, "sequence_lens must be one constant shared by the whole batch")
     return ctx.move(node, [x, lens[:1]], (0,), [x.batch_axis])

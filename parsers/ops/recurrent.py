@@ -29,6 +29,12 @@ DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "
 PARAMETERS = {"sigmoid": (0, 0), "tanh": (0, 0), "relu": (0, 0), "softsign": (0, 0), "softplus": (0, 0),
               "leakyrelu": (1, 0), "thresholdedrelu": (1, 0), "elu": (1, 0), "hardsigmoid": (1, 1),
               "affine": (1, 1), "scaledtanh": (1, 1)}
+# values of omitted alpha/beta: the defaults of the ONNX operator of the same name (HardSigmoid-6,
+# LeakyRelu-6, ThresholdedRelu-10, Elu-6), which is what onnxruntime uses. Affine and ScaledTanh are
+# no operators any more and runtimes disagree on them: their parameters must be given.
+DEFAULTS = {"leakyrelu": (0.01, None), "thresholdedrelu": (1.0, None), "elu": (1.0, None), "hardsigmoid": (0.2, 0.5)}
+# IR nodes one time step of one direction emits at most (checked against max_nodes before unrolling)
+NODES_PER_STEP = {"LSTM": 32, "GRU": 32, "RNN": 8}
 
 State = str | np.ndarray  # an IR node name, or a constant vector
 
@@ -95,10 +101,12 @@ def parse_activations(node, attrs: dict, op: str, directions: int, ctx: Context)
         if key not in PARAMETERS:
             raise ctx.unsupported(node, f"activation {name!r} is not supported")
         need_alpha, need_beta = PARAMETERS[key]
-        if need_alpha > len(alphas) or need_beta > len(betas):
-            raise ctx.unsupported(node, f"activation {name} needs activation_alpha/activation_beta values")
-        alpha = alphas.pop(0) if need_alpha else 0.0
-        beta = betas.pop(0) if need_beta else 0.0
+        default_alpha, default_beta = DEFAULTS.get(key, (None, None))
+        if (need_alpha and not alphas and default_alpha is None) or (need_beta and not betas and default_beta is None):
+            raise ctx.unsupported(node, f"activation {name} needs activation_alpha/activation_beta values "
+                                        "(it has no operator defaults)")
+        alpha = (alphas.pop(0) if alphas else default_alpha) if need_alpha else 0.0
+        beta = (betas.pop(0) if betas else default_beta) if need_beta else 0.0
         parsed.append(Activation(key, float(alpha), float(beta)))
     if alphas or betas:
         raise ctx.unsupported(node, "more activation_alpha/activation_beta values than activations take")
@@ -106,26 +114,29 @@ def parse_activations(node, attrs: dict, op: str, directions: int, ctx: Context)
 
 
 def _constant(node, value, what: str, ctx: Context) -> np.ndarray | None:
-    if value is None:
-        return None
-    if isinstance(value, Sym):
-        raise ctx.unsupported(node, f"{what} must be a constant (an initializer), not computed from inputs")
-    return np.asarray(value, dtype=np.float64)
+    value = ctx.constant(node, value, what)
+    return None if value is None else np.asarray(value, dtype=np.float64)
 
 
 def _initial_state(node, value, directions: int, hidden: int, layout: int, what: str, ctx: Context):
     """Per direction: a constant vector or an IR node for the initial h / c (batch of one)."""
     if value is None:
         return [np.zeros(hidden) for _ in range(directions)]
+    expected = (1, directions, hidden) if layout else (directions, 1, hidden)
+    axes = "(batch, num_directions, hidden_size)" if layout else "(num_directions, batch, hidden_size)"
     if isinstance(value, Sym):
         batch_axis = 0 if layout else 1
-        if value.batch_axis not in (None, batch_axis) or value.shape[batch_axis] != 1:
-            raise ctx.unsupported(node, f"{what} has an unexpected batch layout {value.shape}")
+        if value.batch_axis not in (None, batch_axis) or value.shape != expected:
+            raise ctx.unsupported(node, f"{what} has shape {value.shape} for one sample; expected {expected} {axes}")
         per = hidden
         return [ctx.builder.select(value.node, np.arange(d * per, (d + 1) * per), f"{ctx.prefix}/{what}{d}")
                 for d in range(directions)]
     array = np.asarray(value, dtype=np.float64)
+    if array.ndim != 3:
+        raise ctx.unsupported(node, f"{what} has shape {array.shape}; expected {axes}")
     array = collapse_fixed_batch(array, 3, 0 if layout else 1)
+    if array.shape != expected:
+        raise ctx.unsupported(node, f"{what} has shape {array.shape}; expected {axes} = {expected} for one sample")
     array = np.moveaxis(array, 0, 1) if layout else array  # -> (directions, 1, hidden)
     return [array[d].reshape(-1) for d in range(directions)]
 
@@ -244,17 +255,24 @@ def _setup(node, inputs, ctx: Context, op: str):
     weight = _constant(node, inputs[1], "W", ctx)
     recurrence = _constant(node, inputs[2], "R", ctx)
     gates = GATES[op]
+    if weight.ndim != 3 or recurrence.ndim != 3:
+        raise ctx.unsupported(node, f"W {weight.shape} and R {recurrence.shape} must have rank 3")
     hidden = int(attrs.get("hidden_size") or recurrence.shape[-1])
     if weight.shape != (directions, gates * hidden, input_size) or recurrence.shape != (directions, gates * hidden, hidden):
         raise ctx.unsupported(node, f"W {weight.shape} / R {recurrence.shape} do not match {directions} direction(s), "
                                     f"hidden {hidden}, input {input_size}")
     bias = _constant(node, inputs[3] if len(inputs) > 3 else None, "B", ctx)
-    bias = np.zeros((directions, 2 * gates * hidden)) if bias is None else bias.reshape(directions, 2 * gates * hidden)
+    if bias is not None and bias.shape != (directions, 2 * gates * hidden):
+        raise ctx.unsupported(node, f"B has shape {bias.shape}; expected {(directions, 2 * gates * hidden)}")
+    bias = np.zeros((directions, 2 * gates * hidden)) if bias is None else bias
     length = _sequence_length(node, inputs[4] if len(inputs) > 4 else None, steps, ctx)
     clip = attrs.get("clip")
     clip = None if clip is None else float(clip)
     activations = parse_activations(node, attrs, op, directions, ctx)
     h0 = _initial_state(node, inputs[5] if len(inputs) > 5 else None, directions, hidden, layout, "initial_h", ctx)
+    where = f"{op} node {node.name or node.output[0]!r} ({steps:,} steps, hidden {hidden:,}, {directions} direction(s))"
+    ctx.meter.check_nodes(len(ctx.builder.nodes), steps * directions * NODES_PER_STEP[op] + 4, where)
+    ctx.meter.charge_unrolled(steps * hidden * directions, where)
     label = ctx.fresh_prefix(op.lower())
     ctx.cells.append(CellInfo(name=f"{label} ({node.name or node.output[0]})", kind=op, direction=direction,
                               steps=steps, input_size=input_size, hidden_size=hidden,
@@ -274,7 +292,8 @@ def lstm(node, inputs, ctx: Context):
      activations, h0, label) = _setup(node, inputs, ctx, "LSTM")
     c0 = _initial_state(node, inputs[6] if len(inputs) > 6 else None, directions, hidden, layout, "initial_c", ctx)
     peepholes = _constant(node, inputs[7] if len(inputs) > 7 else None, "P", ctx)
-    peepholes = None if peepholes is None else peepholes.reshape(directions, 3 * hidden)
+    if peepholes is not None and peepholes.shape != (directions, 3 * hidden):
+        raise ctx.unsupported(node, f"P has shape {peepholes.shape}; expected {(directions, 3 * hidden)}")
     input_forget = bool(attrs.get("input_forget", 0))
     per_step, final_h, final_c = [], [], []
     for d in range(directions):

@@ -154,19 +154,25 @@ def test_unsupported_attribute_value_names_the_node(tmp_path, capsys):
     assert_refused_everywhere(capsys, path, UnsupportedOperator, "domain 'com.example'")
 
 
-def test_dynamic_shapes_need_an_input_shape(tmp_path, capsys):
+def test_dynamic_shapes_are_taken_from_the_feeds_or_an_input_shape(tmp_path, capsys):
     nodes = [helper.make_node("Relu", ["x"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "time", 3])])
     path = tmp_path / "dynamic.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    assert_refused_everywhere(capsys, path, InputError, "dynamic dimension")
+    symbolic = parsers.load_onnx(path)
+    assert symbolic.specializer is not None and symbolic.inputs[0].shape == (1, -1, 3) and not symbolic.outputs
+    x = np.linspace(-1, 1, 2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    (y,) = verifier.evaluate(symbolic, {"x": x})
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    with pytest.raises(InputError, match="dynamic dimension"):
+        verifier.evaluate(symbolic, {})
     code, out, err = run_cli(capsys, "inspect", path, "--input-shape", "x=1,4,3")
     assert code == 0 and "shape ['N', 4, 3]" in out
     code, out, err = run_cli(capsys, "check", path, "--input-shape", "x=1,4,3", "--samples", "2")
     assert code == 0 and "check passed" in out
     for bad, message in [("x=1,four,3", "NAME=d0,d1"), ("x", "NAME=d0,d1"), ("x=1,0,3", "NAME=d0,d1"),
-                         ("x=1,4", "does not fit"), ("y=1,4,3", "dynamic dimension")]:
+                         ("x=1,4", "does not fit"), ("y=1,4,3", "names ['y']")]:
         code, out, err = run_cli(capsys, "inspect", path, "--input-shape", bad)
         assert code == InputError.exit_code and message in err, (bad, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,162 @@
+"""Reading an untrusted model file: size cap, external data confined to the model's folder and read
+by popqorn itself, the opset checked against what the installed onnx knows, onnx.checker.
+
+External data is resolved for every tensor in the file (initializers, sparse initializers, Constant
+`value` and `sparse_value`, any tensor attribute, in subgraphs and functions too), so nothing is
+ever opened later relative to the working directory. Nothing in the file is executed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from verifier.errors import ModelFileError
+
+MAX_MODEL_BYTES = 512 * 1024 * 1024
+_EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
+
+
+def read_model(path: str | os.PathLike, max_bytes: int = MAX_MODEL_BYTES) -> onnx.ModelProto:
+    """Load and validate a model file without trusting it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ModelFileError(f"model file {path} is {size} bytes, over the {max_bytes}-byte limit")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelFileError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
+    if not model.graph.node and not model.graph.output:
+        raise ModelFileError(f"{path} is not an ONNX model (empty graph)")
+    load_external_data(model, path.resolve().parent, max_bytes - size)
+    check_opsets(model)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path} fails onnx.checker: {first}") from exc
+    return model
+
+
+def check_opsets(model: onnx.ModelProto) -> None:
+    """An opset newer than the installed onnx knows would be read with older semantics: refuse."""
+    known = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > known:
+            raise ModelFileError(f"the model imports opset {entry.version} of the default domain; the installed "
+                                 f"onnx {onnx.__version__} knows opsets up to {known}")
+
+
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto in the model, wherever it sits."""
+    graphs: list[onnx.GraphProto] = [model.graph]
+    graphs += [info.initialization for info in model.training_info]
+    graphs += [info.algorithm for info in model.training_info]
+    nodes: list[onnx.NodeProto] = [node for function in model.functions for node in function.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield sparse.values
+                yield sparse.indices
+            nodes.extend(graph.node)
+            continue
+        node = nodes.pop()
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values
+                yield attr.sparse_tensor.indices
+            for sparse in attr.sparse_tensors:
+                yield sparse.values
+                yield sparse.indices
+            if attr.HasField("g"):
+                graphs.append(attr.g)
+            graphs.extend(attr.graphs)
+
+
+def load_external_data(model: onnx.ModelProto, folder: Path, max_bytes: int) -> None:
+    """Read every tensor's external data into the model, after checking where it points."""
+    total = 0
+    for tensor in all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        data = _read_external(tensor, folder, max_bytes - total)
+        total += len(data)
+        tensor.raw_data = data
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def _read_external(tensor: onnx.TensorProto, folder: Path, budget: int) -> bytes:
+    name = tensor.name or "(unnamed)"
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    unknown = sorted(set(info) - _EXTERNAL_KEYS)
+    if unknown:
+        raise ModelFileError(f"tensor {name!r} has unknown external data keys {unknown}")
+    location = info.get("location", "")
+    target = (folder / location).resolve() if location else folder
+    if not location or folder not in target.parents or not target.is_file():
+        raise ModelFileError(f"tensor {name!r} refers to external data outside the model's folder or missing: "
+                             f"{location!r}")
+    size = target.stat().st_size
+    offset = _non_negative(info.get("offset", "0"), "offset", name)
+    length = _non_negative(info["length"], "length", name) if "length" in info else size - offset
+    if offset > size or offset + length > size:
+        raise ModelFileError(f"tensor {name!r}: external data offset {offset} + length {length} is past the end "
+                             f"of {location!r} ({size} bytes)")
+    if length > budget:
+        raise ModelFileError("model with external data exceeds the byte limit of the model file (max_bytes)")
+    with open(target, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(length)
+
+
+def _non_negative(text: str, what: str, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ModelFileError(f"tensor {name!r}: external data {what} {text!r} is not an integer") from None
+    if value < 0:
+        raise ModelFileError(f"tensor {name!r}: external data {what} {value} is negative")
+    return value
+
+
+def tensor_value(tensor: onnx.TensorProto | onnx.SparseTensorProto, max_elements: int, kind: str):
+    """A tensor of the file as a numpy array: sized before it is read, readable, and finite."""
+    sparse = isinstance(tensor, onnx.SparseTensorProto)
+    name = tensor.values.name if sparse else tensor.name
+    dims = list(tensor.dims)
+    count = int(np.prod(dims, dtype=np.float64)) if dims else 1
+    if count > max_elements:
+        raise ModelFileError(f"{kind} {name!r} has {count:,} elements, over the limit max_elements={max_elements:,} "
+                             "(raise it with load_onnx(..., max_elements=...))")
+    try:
+        value = _sparse_to_dense(tensor) if sparse else onnx.numpy_helper.to_array(tensor)
+    except Exception as exc:
+        raise ModelFileError(f"{kind} {name!r} cannot be read: {type(exc).__name__}: {exc}") from None
+    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        raise ModelFileError(f"{kind} {name!r} contains NaN or infinite values")
+    return value
+
+
+def _sparse_to_dense(tensor: onnx.SparseTensorProto) -> np.ndarray:
+    values = onnx.numpy_helper.to_array(tensor.values).reshape(-1)
+    indices = onnx.numpy_helper.to_array(tensor.indices).astype(np.int64)
+    dims = tuple(tensor.dims)
+    dense = np.zeros(dims, dtype=values.dtype)
+    flat_indices = indices.reshape(-1) if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), dims)
+    if flat_indices.size != values.size or (flat_indices.size and (flat_indices.min() < 0 or flat_indices.max() >= dense.size)):
+        raise ValueError("sparse indices do not match the values or the shape")
+    dense.reshape(-1)[flat_indices] = values
+    return dense
