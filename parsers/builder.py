@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from verifier import ir
-from verifier.ir import Act, ActivationFn
-
-_FUSABLE = (Act.SIGMOID, Act.TANH)
+from verifier import activations, ir
+from verifier.ir import ActivationFn
 
 
 class GraphBuilder:
@@ -23,12 +21,16 @@ class GraphBuilder:
 
     # -- naming -------------------------------------------------------------------------
     def unique(self, name: str) -> str:
+        """`name`, or `name_k` for the next free k. One counter per base name (kept on first use)
+        makes naming linear in the number of repeats: 30,000 nodes named alike cost 30,000 probes."""
         name = name.strip("/") or "node"
         if name not in self.nodes:
             return name
-        k = 1
+        counters = self.__dict__.setdefault("_next_suffix", {})
+        k = counters.get(name, 1)
         while f"{name}_{k}" in self.nodes:
             k += 1
+        counters[name] = k + 1
         return f"{name}_{k}"
 
     def _emit(self, node: ir.Node, size: int) -> str:
@@ -91,7 +93,8 @@ class GraphBuilder:
         return self._emit(ir.Activation(self.unique(name), x, fn), self.sizes[x])
 
     def product(self, a: str, b: str, name: str) -> str:
-        """a * b elementwise; sigmoid/tanh producers of a or b are fused into the product."""
+        """a * b elementwise; producers of a or b that the relaxations bound jointly with a product
+        (the activation table's `joint_planes`: sigmoid, tanh) are fused into it."""
         if self.sizes[a] != self.sizes[b]:
             raise ValueError(f"{name}: product of sizes {self.sizes[a]} and {self.sizes[b]}")
         left, left_fn = self._unwrap(a)
@@ -101,7 +104,7 @@ class GraphBuilder:
 
     def _unwrap(self, x: str) -> tuple[str, ActivationFn | None]:
         node = self.nodes[x]
-        if isinstance(node, ir.Activation) and node.fn.kind in _FUSABLE:
+        if isinstance(node, ir.Activation) and activations.spec(node.fn).joint_planes:
             return node.input, node.fn
         return x, None
 

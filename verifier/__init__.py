@@ -7,6 +7,8 @@ The public API below is imported on first use."""
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _PUBLIC = {
@@ -37,3 +39,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_PUBLIC))
+
+
+class _Namespace(types.ModuleType):
+    """Importing the submodule verifier.certify binds it as an attribute of this package, which
+    would shadow the public function `verifier.certify`; keep the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PUBLIC and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Namespace

@@ -1,10 +1,19 @@
-"""McCormick planes for any product left_fn(x) * right_fn(y): the generic fallback and the
-auto_LiRPA-style baseline.
+"""McCormick planes for any product left_fn(x) * right_fn(y): CROWN's rule for products, the
+generic fallback and the baseline the joint planes must beat.
 
-Each factor a = left_fn(x), b = right_fn(y) is bounded by its interval and its lines; McCormick's
-envelope bounds a*b by planes in (a, b); substituting each factor's lower or upper line, chosen by
-the sign of its McCormick coefficient, gives planes in the pre-activations (x, y). Of the two
-McCormick planes on each side, the one higher (lower) at the box centre is kept per neuron.
+Why one fixed pair and not "the better of the two envelopes": the two McCormick planes on each side
+are often nearly equal at the box centre, and a per-neuron pick between them is decided by
+rounding, so one sample's bound changed with the other samples in its batch. CROWN uses one fixed
+pair; so do we. With a = the gate factor (the one with non-negative range, e.g. a sigmoid, or the
+left factor when both or neither are) in [a_l, a_u] and b the other factor in [b_l, b_u]:
+
+    lower:  a*b >= b_l*a + a_l*b - a_l*b_l      ((a - a_l)(b - b_l) >= 0)
+    upper:  a*b <= b_u*a + a_l*b - a_l*b_u      ((a - a_l)(b - b_u) <= 0)
+
+Both use a's lower end, which for a gate in [0, 1] is the anchor that keeps the state factor's
+coefficient small. Each factor is then replaced by its lower or upper line (in its pre-activation),
+chosen by the sign of its coefficient, giving planes in (x, y). This reproduces CROWN on the
+unfused graph exactly whenever each activation output feeds this product only.
 """
 
 from __future__ import annotations
@@ -12,8 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from verifier.activations import is_nonnegative
 from verifier.ir import ActivationFn
-from verifier.relaxations.activation_lines import interval_activation, relax_activation
+from verifier.relaxations.activation_lines import interval_activation, relax_activation, round_toward
 from verifier.relaxations.base import Interval, Lines, Planes
 
 
@@ -25,6 +35,11 @@ def factor(fn: ActivationFn | None, lower: Tensor, upper: Tensor) -> tuple[Inter
     return interval_activation(fn, lower, upper), relax_activation(fn, lower, upper)
 
 
+def gate_is_right(left_fn: ActivationFn | None, right_fn: ActivationFn | None) -> bool:
+    """Whether the right factor plays the gate role a (see the module docstring)."""
+    return is_nonnegative(right_fn) and not is_nonnegative(left_fn)
+
+
 def _substitute(coefficient: Tensor, lines: Lines, lower_side: bool) -> tuple[Tensor, Tensor]:
     """coefficient * factor bounded by a line in the factor's input: (slope, intercept)."""
     use_lower = (coefficient >= 0) == lower_side
@@ -34,39 +49,37 @@ def _substitute(coefficient: Tensor, lines: Lines, lower_side: bool) -> tuple[Te
 
 
 def _plane(coef_a: Tensor, coef_b: Tensor, const: Tensor, a_lines: Lines, b_lines: Lines, lower_side: bool):
-    x_slope, x_const = _substitute(coef_a, a_lines, lower_side)
-    y_slope, y_const = _substitute(coef_b, b_lines, lower_side)
-    return x_slope, y_slope, x_const + y_const + const
+    """coef_a*a + coef_b*b + const with both factors replaced by lines: (a slope, b slope, const)."""
+    a_slope, a_const = _substitute(coef_a, a_lines, lower_side)
+    b_slope, b_const = _substitute(coef_b, b_lines, lower_side)
+    return a_slope, b_slope, a_const + b_const + const
 
 
-def mccormick_candidates(left_fn: ActivationFn | None, right_fn: ActivationFn | None,
-                         xl: Tensor, xu: Tensor, yl: Tensor, yu: Tensor) -> tuple[list, list]:
-    """The two lower and the two upper McCormick planes, each (x slope, y slope, constant)."""
-    (a, a_lines), (b, b_lines) = factor(left_fn, xl, xu), factor(right_fn, yl, yu)
-    # a*b >= al*b + bl*a - al*bl  and  a*b >= au*b + bu*a - au*bu
-    lower_planes = [_plane(b.lower, a.lower, -a.lower * b.lower, a_lines, b_lines, True),
-                    _plane(b.upper, a.upper, -a.upper * b.upper, a_lines, b_lines, True)]
-    # a*b <= au*b + bl*a - au*bl  and  a*b <= al*b + bu*a - al*bu
-    upper_planes = [_plane(b.lower, a.upper, -a.upper * b.lower, a_lines, b_lines, False),
-                    _plane(b.upper, a.lower, -a.lower * b.upper, a_lines, b_lines, False)]
-    return lower_planes, upper_planes
+def mccormick_planes(left_fn: ActivationFn | None, right_fn: ActivationFn | None,
+                     xl: Tensor, xu: Tensor, yl: Tensor, yu: Tensor) -> Planes:
+    """CROWN's fixed McCormick pair in the pre-activations (x, y), in the dtype of the bounds."""
+    swap = gate_is_right(left_fn, right_fn)
+    a_fn, b_fn = (right_fn, left_fn) if swap else (left_fn, right_fn)
+    a_box, b_box = ((yl, yu), (xl, xu)) if swap else ((xl, xu), (yl, yu))
+    (a, a_lines), (b, b_lines) = factor(a_fn, *a_box), factor(b_fn, *b_box)
+    lower = _plane(b.lower, a.lower, -a.lower * b.lower, a_lines, b_lines, True)
+    upper = _plane(b.upper, a.lower, -a.lower * b.upper, a_lines, b_lines, False)
+    if swap:  # back to (x, y) order: a is y
+        lower, upper = (lower[1], lower[0], lower[2]), (upper[1], upper[0], upper[2])
+    return Planes(*lower, *upper)
 
 
 def relax_product_mccormick(left_fn: ActivationFn | None, right_fn: ActivationFn | None,
                             x_lower: Tensor, x_upper: Tensor, y_lower: Tensor, y_upper: Tensor) -> Planes:
     dtype = x_lower.dtype
     xl, xu, yl, yu = (t.double() for t in (x_lower, x_upper, y_lower, y_upper))
-    lower_planes, upper_planes = mccormick_candidates(left_fn, right_fn, xl, xu, yl, yu)
-    xc, yc = (xl + xu) / 2, (yl + yu) / 2
-    lower = _best(lower_planes, xc, yc, prefer_high=True)
-    upper = _best(upper_planes, xc, yc, prefer_high=False)
-    return to_dtype(Planes(*lower, *upper), xl, xu, yl, yu, dtype)
+    xu, yu = torch.maximum(xu, xl), torch.maximum(yu, yl)
+    return to_dtype(mccormick_planes(left_fn, right_fn, xl, xu, yl, yu), xl, xu, yl, yu, dtype)
 
 
 def to_dtype(planes: Planes, xl: Tensor, xu: Tensor, yl: Tensor, yu: Tensor, dtype: torch.dtype) -> Planes:
-    """float64 planes -> `dtype`, constants widened by what rounding the slopes can cost on the box."""
-    if dtype == torch.float64:
-        return planes
+    """float64 planes -> `dtype`, constants widened by what computing them in float64 and rounding the
+    slopes to `dtype` can cost on the box."""
     reach_x, reach_y = torch.maximum(xl.abs(), xu.abs()), torch.maximum(yl.abs(), yu.abs())
     margin = lambda px, py, c: 4 * torch.finfo(dtype).eps * (1 + c.abs() + px.abs() * reach_x + py.abs() * reach_y)
     lower_const = planes.lower_const - margin(planes.lower_x, planes.lower_y, planes.lower_const)
@@ -75,17 +88,15 @@ def to_dtype(planes: Planes, xl: Tensor, xu: Tensor, yl: Tensor, yu: Tensor, dty
                   planes.upper_x.to(dtype), planes.upper_y.to(dtype), upper_const.to(dtype))
 
 
-def _best(planes, xc: Tensor, yc: Tensor, prefer_high: bool):
-    first, second = planes
-    value = lambda p: p[0] * xc + p[1] * yc + p[2]
-    take_first = value(first) >= value(second) if prefer_high else value(first) <= value(second)
-    return tuple(torch.where(take_first, f, s) for f, s in zip(first, second))
-
-
 def interval_product(left_fn: ActivationFn | None, right_fn: ActivationFn | None, x_lower: Tensor, x_upper: Tensor,
                      y_lower: Tensor, y_upper: Tensor) -> Interval:
-    """Range of left_fn(x) * right_fn(y) from the factors' ranges (exact for monotone factors)."""
-    a = Interval(x_lower, x_upper) if left_fn is None else interval_activation(left_fn, x_lower, x_upper)
-    b = Interval(y_lower, y_upper) if right_fn is None else interval_activation(right_fn, y_lower, y_upper)
+    """Range of left_fn(x) * right_fn(y) from the factors' ranges (exact for monotone factors),
+    computed in float64 and rounded outward into the bounds' dtype."""
+    dtype = x_lower.dtype
+    xl, xu, yl, yu = (t.double() for t in (x_lower, x_upper, y_lower, y_upper))
+    a = Interval(xl, xu) if left_fn is None else interval_activation(left_fn, xl, xu)
+    b = Interval(yl, yu) if right_fn is None else interval_activation(right_fn, yl, yu)
     corners = torch.stack([a.lower * b.lower, a.lower * b.upper, a.upper * b.lower, a.upper * b.upper])
-    return Interval(corners.amin(0), corners.amax(0))
+    low, high = corners.amin(0), corners.amax(0)
+    margin = 2 * torch.finfo(dtype).eps * torch.maximum(low.abs(), high.abs())
+    return Interval(round_toward(low - margin, dtype, down=True), round_toward(high + margin, dtype, down=False))

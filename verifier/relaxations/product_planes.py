@@ -8,9 +8,10 @@ For a plane p = A*x + B*y + C, soundness is a statement about the extremes of f 
 - f = g(x)*h(y): on each of N grid lines y = y_j the x-direction is exact in the same way; between
   lines the value changes by at most L*spacing/2 with L >= |g(x)*h'(y) - B| over the box, so
   subtracting that margin makes C a rigorous bound (a grid maximum plus a Lipschitz margin).
-Slopes come from cheap candidates — the least-squares plane on a small grid and the tangent plane
-at the box centre — and the McCormick planes; per neuron the candidate enclosing the least volume
-(for a plane: the best value at the box centre) wins. Everything is batched tensor code.
+Slopes come from cheap candidates — the plane with the best value at the box centre (searched) and
+the least-squares plane on a small grid — compared with CROWN's fixed McCormick plane by POPQORN's
+criterion (value at the box centre); the choice is a deterministic function of the neuron's own box,
+and McCormick keeps near-ties. Everything is batched tensor code.
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ import torch
 from torch import Tensor
 
 from verifier import activations
-from verifier.ir import Act, ActivationFn
-from verifier.relaxations.activation_lines import critical_points, derivative
+from verifier.activations import critical_points, derivative
+from verifier.ir import ActivationFn
 from verifier.relaxations.base import Planes
-from verifier.relaxations.product_mccormick import mccormick_candidates, relax_product_mccormick, to_dtype
+from verifier.relaxations.product_mccormick import mccormick_planes, relax_product_mccormick, to_dtype
 
-S_SHAPED = (Act.SIGMOID, Act.TANH)
 FIT_POINTS = 6  # least-squares grid per axis
-LINES = 24
-TIE = 1e-7  # y grid lines for the Lipschitz bound when the y factor is nonlinear
+LINES = 24  # y grid lines for the Lipschitz bound when the y factor is nonlinear
+PREFERENCE = 1e-6  # a joint plane must beat McCormick at the box centre by this (relative)
 
 
 def handles(left_fn: ActivationFn | None, right_fn: ActivationFn | None) -> bool:
-    return (left_fn is not None and left_fn.kind in S_SHAPED
-            and (right_fn is None or right_fn.kind in S_SHAPED))
+    """g(x) * y or g(x) * h(y) with g, h S-shaped and jointly relaxable (sigmoid, tanh)."""
+    joint = lambda fn: fn is not None and activations.spec(fn).joint_planes
+    return joint(left_fn) and (right_fn is None or joint(right_fn))
 
 
 def _apply(fn: ActivationFn | None, x: Tensor) -> Tensor:
@@ -99,6 +100,13 @@ def _gradient(left_fn, right_fn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return derivative(left_fn, x) * right, _apply(left_fn, x) * right_slope
 
 
+def _stable(scores: Tensor) -> Tensor:
+    """Scores for an argmin/argmax whose winner must not depend on last-bit noise: rounded to
+    float32, so candidates within rounding tie exactly and the first one wins (torch's argmax and
+    min return the first extreme). The same neuron then picks the same plane in any batch."""
+    return scores.float()
+
+
 def _best_y_slope(minima: Tensor, ys: Tensor, yc: Tensor) -> tuple[Tensor, Tensor]:
     """max over B of min_j (minima_j - B*(y_j - yc)): a one-variable LP whose optimum is the
     lowest crossing of a line rising in B (y_j < yc) with a falling one (y_j > yc).
@@ -112,7 +120,8 @@ def _best_y_slope(minima: Tensor, ys: Tensor, yc: Tensor) -> tuple[Tensor, Tenso
     value = mi - slope * (yi - yc[..., None, None])
     valid = below & above
     value = torch.where(valid, value, torch.full_like(value, math.inf)).flatten(-2)
-    best, index = value.min(-1)
+    _, index = _stable(value).min(-1)
+    best = torch.gather(value, -1, index.unsqueeze(-1)).squeeze(-1)
     slope = torch.gather(slope.flatten(-2), -1, index.unsqueeze(-1)).squeeze(-1)
     # no crossing (y box of zero width): B is free; take the flat plane on the single line
     flat = ~torch.isfinite(best)
@@ -146,7 +155,7 @@ def _searched_slopes(left_fn, right_fn, xl, xu, yl, yu, sign: Tensor, lines: int
         minima, _ = _edge_extremes(left_fn, weights_g.expand(shape), a.unsqueeze(-1).expand(shape),
                                    xl_g.unsqueeze(-1).expand(shape), xu_g.unsqueeze(-1).expand(shape))
         value, b = _best_y_slope(minima, ys_g.expand(shape), yc_g.expand(a.shape))
-        best = (value + a * xc_g).argmax(0, keepdim=True)
+        best = _stable(value + a * xc_g).argmax(0, keepdim=True)
         a_best, b_best = a.gather(0, best).squeeze(0), b.gather(0, best).squeeze(0)
         spacing = (high - low) / (grid - 1)
         low, high = a_best - spacing, a_best + spacing
@@ -155,7 +164,10 @@ def _searched_slopes(left_fn, right_fn, xl, xu, yl, yu, sign: Tensor, lines: int
 
 def relax_product_planes(left_fn: ActivationFn | None, right_fn: ActivationFn | None,
                          x_lower: Tensor, x_upper: Tensor, y_lower: Tensor, y_upper: Tensor) -> Planes:
-    """Tightest of the candidate planes per neuron; McCormick for products this module does not handle."""
+    """Per neuron and side, POPQORN's criterion: the plane closest to the surface on average over
+    the box (for a plane: the best value at the box centre) among the joint candidates and CROWN's
+    McCormick plane. McCormick keeps the neuron unless a joint plane is better by a clear margin,
+    so rounding noise cannot flip the choice. Products this module does not handle get McCormick."""
     if not handles(left_fn, right_fn) and handles(right_fn, left_fn):  # y * sigmoid(x): swap roles
         swapped = relax_product_planes(right_fn, left_fn, y_lower, y_upper, x_lower, x_upper)
         return Planes(swapped.lower_y, swapped.lower_x, swapped.lower_const,
@@ -165,31 +177,31 @@ def relax_product_planes(left_fn: ActivationFn | None, right_fn: ActivationFn | 
     dtype = x_lower.dtype
     xl, xu, yl, yu = (t.double() for t in (x_lower, x_upper, y_lower, y_upper))
     xu, yu = torch.maximum(xu, xl), torch.maximum(yu, yl)
-    xc, yc = (xl + xu) / 2, (yl + yu) / 2
-    lower_mccormick, upper_mccormick = mccormick_candidates(left_fn, right_fn, xl, xu, yl, yu)
-    # every candidate's slopes serve both sides once its constants are recomputed exactly
+    mccormick = mccormick_planes(left_fn, right_fn, xl, xu, yl, yu)
     both = lambda t: torch.stack([t, t])
     sign = torch.tensor([1.0, -1.0], dtype=xl.dtype, device=xl.device).reshape(2, *[1] * xl.dim())
     searched_a, searched_b = _searched_slopes(left_fn, right_fn, both(xl), both(xu), both(yl), both(yu), sign)
-    candidates = [*((p[0], p[1]) for p in (*lower_mccormick, *upper_mccormick)),
-                  (searched_a[0], searched_b[0]), (searched_a[1], searched_b[1]),
-                  _least_squares_slopes(left_fn, right_fn, xl, xu, yl, yu)]
-    # all candidates at once: (candidates, ...) tensors; constants made rigorous for each
-    a = torch.stack([c[0] for c in candidates])
-    b = torch.stack([c[1] for c in candidates])
+    fitted_a, fitted_b = _least_squares_slopes(left_fn, right_fn, xl, xu, yl, yu)
+    a = torch.stack([searched_a[0], searched_a[1], fitted_a])
+    b = torch.stack([searched_b[0], searched_b[1], fitted_b])
     box = [t.unsqueeze(0).expand_as(a) for t in (xl, xu, yl, yu)]
     low, high = sound_constants(left_fn, right_fn, a, b, *box)
-    # the McCormick planes come with constants sound by construction: keep whichever is tighter
-    inf = torch.full_like(xl, math.inf)
-    low = torch.maximum(low, torch.stack([p[2] for p in lower_mccormick] + [-inf] * (len(candidates) - 2)))
-    high = torch.minimum(high, torch.stack([inf, inf] + [p[2] for p in upper_mccormick] + [inf] * (len(candidates) - 4)))
-    centre_lower = a * xc + b * yc + low
-    centre_upper = a * xc + b * yc + high
-    # prefer the first candidate on near-ties, so last-bit noise in the bounds does not flip choices
-    tie = TIE * (1 + centre_lower.abs())
-    pick_lower = (centre_lower - tie * torch.arange(len(candidates), device=a.device).reshape(-1, *[1] * xl.dim())).argmax(0, keepdim=True)
-    pick_upper = (centre_upper + tie * torch.arange(len(candidates), device=a.device).reshape(-1, *[1] * xl.dim())).argmin(0, keepdim=True)
-    take = lambda t, index: t.gather(0, index).squeeze(0)
-    planes = Planes(take(a, pick_lower), take(b, pick_lower), take(low, pick_lower),
-                    take(a, pick_upper), take(b, pick_upper), take(high, pick_upper))
-    return to_dtype(planes, xl, xu, yl, yu, dtype)
+    xc, yc = (xl + xu) / 2, (yl + yu) / 2
+    lower = _closest(a, b, low, (mccormick.lower_x, mccormick.lower_y, mccormick.lower_const), xc, yc, 1.0)
+    upper = _closest(a, b, high, (mccormick.upper_x, mccormick.upper_y, mccormick.upper_const), xc, yc, -1.0)
+    return to_dtype(Planes(*lower, *upper), xl, xu, yl, yu, dtype)
+
+
+def _closest(a: Tensor, b: Tensor, c: Tensor, mccormick: tuple[Tensor, Tensor, Tensor],
+             xc: Tensor, yc: Tensor, side: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The candidate (rows of a, b, c) with the best value at the box centre (side +1: highest,
+    for lower planes; -1: lowest, for upper planes) if it beats the McCormick plane there by more
+    than PREFERENCE, else the McCormick plane."""
+    mx, my, mc = mccormick
+    score = side * (a * xc + b * yc + c)
+    _, index = _stable(score).max(0)
+    best = score.gather(0, index.unsqueeze(0)).squeeze(0)
+    reference = side * (mx * xc + my * yc + mc)
+    take = lambda t: t.gather(0, index.unsqueeze(0)).squeeze(0)
+    use = best > reference + PREFERENCE * (1 + reference.abs())
+    return (torch.where(use, take(a), mx), torch.where(use, take(b), my), torch.where(use, take(c), mc))
