@@ -9,6 +9,7 @@ allocates it. The knobs are keyword arguments of `parsers.load_onnx`; messages n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ class Budget:
     the front end materialises (inputs, constants, folded results, data-movement index arrays)."""
 
     max_nodes: int = 200_000
-    max_unrolled: int = 2_000_000
+    max_unrolled: int = 1_000_000
     max_elements: int = 10_000_000
 
     def __post_init__(self) -> None:
@@ -68,10 +69,11 @@ class Meter:
                                  f"{self.budget.max_elements:,} (raise it with load_onnx(..., max_elements=...))")
 
 
-def body_cost(graph: onnx.GraphProto, constants: dict[str, np.ndarray] | None = None) -> int:
+def body_cost(graph: onnx.GraphProto, outer: Callable[[str], np.ndarray | None] = lambda name: None) -> int:
     """ONNX nodes converted for one run of `graph`, nested loops multiplied by their trip count
-    when it is a constant of the body (otherwise counted once: the inner loop checks itself)."""
-    known = dict(constants or {})
+    when it is a known constant (of the body or, through `outer`, of an enclosing scope);
+    otherwise counted once: the inner loop checks itself before it unrolls."""
+    known: dict[str, np.ndarray] = {}
     for tensor in graph.initializer:
         if _small(tensor.dims):
             known[tensor.name] = onnx.numpy_helper.to_array(tensor)
@@ -84,12 +86,12 @@ def body_cost(graph: onnx.GraphProto, constants: dict[str, np.ndarray] | None = 
         cost += 1
         if node.op_type not in ("Loop", "Scan", "If"):
             continue
-        inner = max((body_cost(attr.g, known) for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH),
+        resolve = lambda name, known=known: known[name] if name in known else outer(name)  # noqa: E731
+        inner = max((body_cost(attr.g, resolve) for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH),
                     default=0)
-        trips = 1
-        if node.op_type == "Loop" and node.input and node.input[0] in known:
-            trips = max(int(np.asarray(known[node.input[0]]).reshape(-1)[0]), 0) if known[node.input[0]].size else 1
-        cost += trips * inner
+        trips = resolve(node.input[0]) if node.op_type == "Loop" and node.input and node.input[0] else None
+        count = 1 if trips is None or np.size(trips) != 1 else int(np.clip(np.asarray(trips).reshape(-1)[0], 0, 2**40))
+        cost += count * inner
     return cost
 
 

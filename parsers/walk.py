@@ -14,6 +14,7 @@ import onnx
 from parsers import registry
 from parsers.context import Context, clean_name, node_label
 from parsers.errors import BatchLayoutError, ConstantRequired, ConverterBug, Refusal
+from parsers.files import tensor_value
 from parsers.values import Sym, is_const
 from verifier.errors import ModelFileError, PopqornError, UnsupportedOperator
 
@@ -54,7 +55,21 @@ def convert_node(ctx: Context, node: onnx.NodeProto, position: int = 0) -> None:
         ctx.bind(name, value)
 
 
+def _constant_node(ctx: Context, node: onnx.NodeProto) -> list | None:
+    """A Constant's tensor, read like an initializer (sized first, finite); None for the
+    attribute forms (value_float, value_ints, ...), which the reference evaluator folds."""
+    for attr in node.attribute:
+        if attr.name in ("value", "sparse_value"):
+            tensor = attr.t if attr.name == "value" else attr.sparse_tensor
+            return [tensor_value(tensor, ctx.meter.budget.max_elements, f"Constant node {node_label(node)!r} tensor")]
+    return None
+
+
 def _fold(ctx: Context, node: onnx.NodeProto, inputs: list) -> list:
+    if node.op_type == "Constant":
+        found = _constant_node(ctx, node)
+        if found is not None:
+            return found
     if node.op_type in _RECURRENT and inputs and inputs[0] is not None and np.ndim(inputs[0]) == 3:
         steps = max(np.shape(inputs[0])[:2])  # time is one of the first two axes, whatever the layout
         hidden = ctx.attrs(node).get("hidden_size") or 1

@@ -96,8 +96,16 @@ def _charge(ctx: Context, node: onnx.NodeProto, body: onnx.GraphProto, iteration
     """Refuse before unrolling when iterations x body size does not fit the budget (nested loops
     with constant trip counts multiply, so two 10^4-step loops are refused at once)."""
     where = f"{kind} node {node_label(node)!r} ({iterations:,} iterations)"
-    cost = iterations * max(body_cost(body), 1)
+    cost = iterations * max(body_cost(body, lambda name: _known_constant(ctx, name)), 1)
     ctx.meter.reserve(cost, where)
+
+
+def _known_constant(ctx: Context, name: str) -> np.ndarray | None:
+    try:
+        value = ctx.lookup(name)
+    except KeyError:
+        return None
+    return None if isinstance(value, Sym) else np.asarray(value)
 
 
 def _shape(value: Value) -> tuple[int, ...]:
@@ -119,6 +127,9 @@ def loop(node: onnx.NodeProto, inputs: list, ctx: Context) -> list[Value]:
     if going is None:
         raise ctx.unsupported(node, "the loop condition depends on the input")
     limit = None if trip_count is None else int(np.asarray(trip_count).reshape(-1)[0])
+    if condition is None and limit is not None and limit > MAX_ITERATIONS:
+        raise ctx.unsupported(node, f"a trip count of {limit:,} without a condition; popqorn unrolls at most "
+                                    f"{MAX_ITERATIONS:,} iterations per loop")
     label = ctx.prefix
     _charge(ctx, node, body, min(MAX_ITERATIONS, max(limit, 0)) if limit is not None else 1, "Loop")
     n_scan = len(body.output) - 1 - len(carried)
@@ -188,6 +199,8 @@ def scan(node: onnx.NodeProto, inputs: list, ctx: Context) -> list[Value]:
         raise ctx.unsupported(node, "a scan over zero steps")
     label = ctx.prefix
     _charge(ctx, node, body, length, "Scan")
+    ctx.meter.check_nodes(len(ctx.builder.nodes), length * sum(isinstance(v, Sym) for v in sequences),
+                          f"Scan node {node_label(node)!r} ({length:,} steps)")
     per_step: list[list[Value]] = []
     for step in range(length):
         slices = [_slice(ctx, v, a, length - 1 - step if d else step, f"{label}/t{step}/in{k}")
