@@ -1,52 +1,119 @@
-"""`popqorn vnnlib`: answer a VNN-LIB property (1.0 or 2.0) about an ONNX model.
+"""`popqorn vnnlib`: answer a VNN-LIB property (1.0 or 2.0) about an ONNX model, or a whole
+VNN-COMP style instance list.
+
+    popqorn vnnlib MODEL PROPERTY [--timeout S] [--out RESULT]
+    popqorn vnnlib --instances instances.csv [--results-dir DIR] [--summary summary.csv]
 
 Result (stdout, and --out FILE as VNN-COMP's run_instance.sh expects):
   sat      a counterexample, confirmed by onnxruntime, follows as ((X_0 v) ... (Y_0 v) ...)
   unsat    the bound engine proved no input of the box reaches the unsafe outputs
   unknown  neither, and no more splitting can help (or --max-boxes reached)
   timeout  --timeout expired first
-Exit code 0 for every answer; non-zero only for errors (see `popqorn --help`)."""
+--timeout counts from the start of the process (start-up, parsing, model loading and every
+phase): the answer is out within --timeout + 1 s. Exit code 0 for every answer; non-zero only for
+errors (see `popqorn --help`). --prepare only loads the model and reads the property (exit 0 when
+popqorn can take the instance: VNN-COMP's prepare_instance.sh)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 
-from verifier.bounds import METHODS
 from verifier.commands import options
-from verifier.errors import InputError
-from verifier.vnnlib import read_property
-from verifier.vnnlib.solve import solve
+from verifier.errors import InputError, PopqornError
+from verifier.vnnlib.deadline import Deadline, command_start_time
+from verifier.vnnlib.instance import (
+    METHODS,
+    answer_json,
+    check_output_path,
+    decide,
+    write_result,
+)
+from verifier.vnnlib.reader import MAX_TERMS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("model", help="ONNX model file")
-    parser.add_argument("property", help="VNN-LIB property file (1.0 or 2.0)")
+    parser.add_argument("model", nargs="?", help="ONNX model file")
+    parser.add_argument("property", nargs="?", help="VNN-LIB property file (1.0 or 2.0; .gz accepted)")
     options.add_input_shape(parser)
-    parser.add_argument("--timeout", help="seconds before answering timeout")
+    parser.add_argument("--timeout", help="seconds, counted from the start of the process, before answering timeout")
     parser.add_argument("--out", metavar="RESULT", help="write the result file here")
-    parser.add_argument("--method", default="popqorn", choices=[m for m in METHODS if m != "ibp"] + ["ibp"])
+    parser.add_argument("--method", default="popqorn", choices=METHODS)
     parser.add_argument("--max-boxes", type=int, default=20000, help="input boxes to bound before answering unknown")
+    parser.add_argument("--max-cases", type=int, default=MAX_TERMS,
+                        help=f"cap on the cases of the property's disjunctive normal form (default {MAX_TERMS:,})")
+    parser.add_argument("--seed", type=int, default=0, help="attack seed")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="CPU threads for torch and onnxruntime (default 1: the engine works on many small "
+                             "tensors, where more threads mostly wait on each other; 0 = one per core)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--prepare", action="store_true",
+                        help="only load the model and read the property (exit 0 when popqorn can take the instance)")
+    parser.add_argument("--instances", metavar="CSV",
+                        help="run a VNN-COMP instance list (rows: onnx,vnnlib,timeout; paths relative to the CSV)")
+    parser.add_argument("--results-dir", metavar="DIR", help="with --instances: one result file per row here "
+                        "(default: a 'results' folder beside the CSV)")
+    parser.add_argument("--summary", metavar="CSV", help="with --instances: summary file (default DIR/summary.csv)")
 
 
 def run(args: argparse.Namespace) -> int:
+    started = command_start_time()
     timeout = None if args.timeout is None else options.parse_float(args.timeout, "--timeout")
-    if args.max_boxes < 1:
-        raise InputError("--max-boxes must be at least 1")
-    graph = options.load_graph(args)
-    prop = read_property(args.property)
-    answer = solve(graph, args.model, prop, timeout=timeout, method=args.method, max_boxes=args.max_boxes)
-    text = answer.result_text()
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text)
+    if args.max_boxes < 1 or args.max_cases < 1:
+        raise InputError("--max-boxes and --max-cases must be at least 1")
+    if not 0 <= args.threads <= 1024:
+        raise InputError(f"--threads must be 0 (one per core) or a count up to 1024, not {args.threads}")
+    args.threads = args.threads or (os.cpu_count() or 1)
+    if args.instances:
+        if args.model or args.property or args.out or args.prepare:
+            raise PopqornError("--instances takes no MODEL/PROPERTY, --out or --prepare (each row names its own)")
+        from verifier.vnnlib.instances import run_instances
+
+        return run_instances(args, default_timeout=timeout)
+    if not args.model or not args.property:
+        raise PopqornError("give MODEL and PROPERTY, or --instances CSV")
+    check_output_path(args.out, "--out")
+    if args.prepare or getattr(args, "debug", False):
+        return _in_process(args, started, timeout)
+    from verifier.vnnlib.instances import (
+        raise_reply_error,
+        request_for,
+        result_text,
+        run_instance,
+        worker_options,
+    )
+
+    deadline = Deadline.after(timeout, started)
+    reply, worker = run_instance(None, request_for(args.model, args.property, deadline.at, worker_options(args)))
+    if worker is not None:
+        worker.close()
+    raise_reply_error(reply)
+    text = result_text(reply)
+    write_result(args.out, text)
     if args.json:
-        print(json.dumps({"result": answer.status, "version": prop.version, "boxes": answer.boxes,
-                          "time_s": answer.time_s, "counterexample": None if answer.x is None else
-                          {"x": answer.x.tolist(), "y": answer.y.tolist()}}))
+        print(json.dumps({"result": reply["result"], "version": reply.get("version"), "boxes": reply.get("boxes", 0),
+                          "time_s": round(time.time() - started, 4), "reason": reply.get("reason", ""),
+                          "phases": reply.get("phases", {}),
+                          "counterexample": None if reply.get("x") is None else {"x": reply["x"], "y": reply["y"]}}))
     else:
         print(text, end="")
+    return 0
+
+
+def _in_process(args: argparse.Namespace, started: float, timeout: float | None) -> int:
+    """--prepare, and --debug (tracebacks): everything in this process, deadline kept cooperatively."""
+    answer, prop = decide(args.model, args.property, Deadline.after(timeout, started),
+                          input_shapes=options.parse_input_shapes(args.input_shape), method=args.method,
+                          max_boxes=args.max_boxes, max_cases=args.max_cases, seed=args.seed,
+                          threads=args.threads, prepare_only=args.prepare)
+    if args.prepare:
+        print(f"ok: {args.model} with {args.property} (VNN-LIB {prop.version}, {len(prop.cases)} input boxes)")
+        return 0
+    write_result(args.out, answer.result_text())
+    print(answer_json(answer, prop, time.time() - started) if args.json else answer.result_text(),
+          end="\n" if args.json else "")
     return 0

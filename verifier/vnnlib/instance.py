@@ -1,0 +1,87 @@
+"""One instance (model + property + timeout) from files to an answer, inside one deadline.
+
+Shared by `popqorn vnnlib MODEL PROPERTY` and the workers of `popqorn vnnlib --instances`: the
+property is parsed and the model loaded under the same deadline as the search, so a hostile file
+cannot run past it either."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from verifier.errors import InputError
+from verifier.vnnlib.deadline import Deadline, Timeout
+from verifier.vnnlib.reader import MAX_TERMS
+
+SAFETY_S = 0.15  # cooperative work stops this long before the deadline, leaving time to answer
+METHODS = ("popqorn", "crown", "ibp")  # as verifier.bounds.METHODS, without importing the engine
+
+
+def decide(model_path: str, property_path: str, deadline: Deadline, *, input_shapes: dict | None = None,
+           method: str = "popqorn", max_boxes: int = 20000, max_cases: int = MAX_TERMS, seed: int = 0,
+           threads: int = 1, prepare_only: bool = False):
+    """(Answer, Property) for one instance; Answer("timeout") when the deadline passes first.
+    PopqornError for files popqorn cannot take (the caller reports them). `threads` for torch
+    and onnxruntime (1 by default: the engine's tensors are small, and more threads mostly wait
+    on each other; on a loaded machine 2 threads made one bound pass 20x slower)."""
+    import parsers
+    from verifier.vnnlib.model import concrete_graph, open_model
+    from verifier.vnnlib.spec import read_property
+
+    begin = time.perf_counter()
+    work = Deadline(None if deadline.at is None else deadline.at - SAFETY_S)
+    prop = None
+    try:
+        prop = read_property(property_path, work, max_cases)
+        work.check()
+        graph = parsers.load_onnx(model_path, input_shapes=input_shapes or None)
+        model = open_model(model_path, threads)
+        concrete_graph(graph, prop)
+        if prepare_only:
+            return None, prop
+        import torch
+
+        from verifier.vnnlib.solve import solve
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        work.check()
+        answer = solve(graph, model_path, prop, deadline=work, method=method, max_boxes=max_boxes, seed=seed,
+                       model=model)
+    except Timeout:
+        from verifier.vnnlib.solve import Answer
+
+        answer = Answer("timeout")
+    answer.time_s = time.perf_counter() - begin
+    return answer, prop
+
+
+def answer_json(answer, prop, wall_s: float) -> str:
+    return json.dumps({"result": answer.status, "version": None if prop is None else prop.version,
+                       "boxes": answer.boxes, "time_s": round(wall_s, 4), "reason": answer.reason,
+                       "phases": {k: round(v, 4) for k, v in answer.phases.items()},
+                       "counterexample": None if answer.x is None else {"x": answer.x.tolist(), "y": answer.y.tolist()}})
+
+
+def write_result(path: str | None, text: str) -> None:
+    """Write the result file whole (a reader never sees half of it)."""
+    if not path:
+        return
+    partial = f"{path}.partial{os.getpid()}"
+    with open(partial, "w") as handle:
+        handle.write(text)
+    os.replace(partial, path)
+
+
+def check_output_path(path: str | None, flag: str) -> None:
+    """Refuse an unusable output path before any work."""
+    if path is None:
+        return
+    if not path.strip() or os.path.isdir(path):
+        raise InputError(f"{flag} {path!r}: give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{flag} {path}: folder {folder} is not writable")

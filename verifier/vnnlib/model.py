@@ -1,0 +1,65 @@
+"""The model side of an instance, without the engine (so `--prepare` stays light): onnxruntime
+on the file, and the IR graph made concrete for the property's flat input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from verifier import ir
+from verifier.errors import InputError
+from verifier.onnx_runtime import OnnxModel
+from verifier.vnnlib.spec import Property
+
+
+def open_model(path: str, threads: int = 1) -> OnnxModel:
+    """onnxruntime on the model file, with `threads` intra-op threads where OnnxModel takes them."""
+    try:
+        return OnnxModel(path, threads=threads)
+    except TypeError:  # an OnnxModel without the threads option
+        return OnnxModel(path)
+
+
+def input_dtype(model: OnnxModel, onnx_name: str) -> type:
+    """The numpy type onnxruntime is fed for this input (counterexamples are exact in it)."""
+    kinds = {i.name: i.type for i in model.session.get_inputs()}
+    dtypes = {"tensor(double)": np.float64, "tensor(float16)": np.float16}
+    return dtypes.get(kinds.get(onnx_name, ""), np.float32)
+
+
+def concrete_graph(graph: ir.Graph, prop: Property) -> ir.Graph:
+    """The graph for one flat input of prop.inputs elements. When the model's input has dynamic
+    dimensions (the graph has a `specializer`; such dimensions are negative in Input.shape), the
+    batch axis is bound to 1 and the one other open axis to whatever makes the element count
+    match (or to the 2.0 declared shape, when that has the model's rank)."""
+    if len(graph.inputs) != 1:
+        raise InputError(f"VNN-LIB properties are supported for single-input models only; this model takes "
+                         f"{[n.onnx_name for n in graph.inputs]}")
+    node = graph.inputs[0]
+    if graph.specializer is not None:
+        shape = _bind_shape(node, prop)
+        graph, _ = graph.specialize({node.onnx_name: np.zeros(shape, dtype=np.float32)})
+        node = graph.inputs[0]
+    if prop.inputs != node.size:
+        raise InputError(f"the property declares {prop.inputs} inputs; the model's input {node.onnx_name!r} "
+                         f"has {node.size} elements")
+    return graph
+
+
+def _bind_shape(node: ir.Input, prop: Property) -> tuple[int, ...]:
+    shape = [1 if k == node.batch_axis else int(d) for k, d in enumerate(node.shape)]
+    open_axes = [k for k, d in enumerate(shape) if d < 1]
+    if open_axes and prop.input_shape is not None and len(prop.input_shape) == len(shape):
+        for k in open_axes:
+            shape[k] = prop.input_shape[k]
+        open_axes = []
+    if len(open_axes) > 1:
+        raise InputError(f"the model's input {node.onnx_name!r} has several dynamic dimensions {list(node.shape)}; "
+                         f"give its shape with --input-shape")
+    if open_axes:
+        known = math.prod(d for k, d in enumerate(shape) if k != open_axes[0])
+        if known <= 0 or prop.inputs % known:
+            raise InputError(f"the property's {prop.inputs} inputs do not fit the model's input shape {list(node.shape)}")
+        shape[open_axes[0]] = prop.inputs // known
+    return tuple(shape)
