@@ -4,6 +4,7 @@ resuming, and one clear line (no traceback) with a documented exit code for ever
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 
 import numpy as np
@@ -11,7 +12,12 @@ import pytest
 
 from tests.verifier import models
 from verifier.cli import main
-from verifier.errors import InputError, ModelFileError, PopqornError, UnsupportedOperator
+from verifier.errors import (
+    InputError,
+    ModelFileError,
+    PopqornError,
+    UnsupportedOperator,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +70,7 @@ def test_resume_skips_done_samples(model, capsys, monkeypatch):
     log = folder / "resume.jsonl"
     code, _, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "2", "--limit", "2", "--resume", log)
     assert code == 0 and len(log.read_text().splitlines()) == 2
-    import verifier.certify as engine
+    engine = importlib.import_module("verifier.certify")  # the module (verifier.certify is also the function)
     calls = []
     original = engine.certify
     monkeypatch.setattr(engine, "certify", lambda graph, x, *a, **k: calls.append(len(x)) or original(graph, x, *a, **k))
@@ -159,3 +165,67 @@ def test_attack_command_and_certify_attack(model, capsys):
         assert sample["attack_radius"] is None or sample["attack_radius"] >= sample["radius"]
         assert "unsound" not in sample
     assert "mean_gap" in report["summary"]
+
+
+def test_labels_source_is_reported(model, capsys):
+    folder, path = model
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "1", "--json")
+    assert code == 0 and json.loads(out)["labels"] == "predicted"
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "samples.npz", "--limit", "1", "--json")
+    assert code == 0 and json.loads(out)["labels"] == "given"
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "1")
+    assert code == 0 and "labels: the model's own predictions" in out.splitlines()[0]
+    code, out, _ = run(capsys, "attack", path, "--input", folder / "samples.npz", "--limit", "1", "--eps", "0.01",
+                       "--steps", "2", "--restarts", "1", "--json")
+    assert code == 0 and json.loads(out)["labels"] == "given"
+
+
+def test_target_equal_to_the_label_is_skipped_with_a_reason(model, capsys):
+    folder, path = model
+    _, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "3", "--json")
+    predicted = [row["predicted"] for row in json.loads(out)["samples"]]
+    target = predicted[0]
+    code, out, err = run(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "3", "--target", target,
+                         "--json", "--csv", folder / "t.csv")
+    assert code == 0, err
+    report = json.loads(out)
+    for row, label in zip(report["samples"], predicted):
+        if label == target:
+            assert row["skipped"] == "label equals --target" and row["radius"] is None and not row["misclassified"]
+        else:
+            assert "skipped" not in row and row["radius"] > 0
+    assert report["summary"]["skipped"] == predicted.count(target) and report["summary"]["misclassified"] == 0
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "3", "--target", target)
+    assert "skipped" in out and f"{predicted.count(target)} skipped (label equals --target)" in out
+
+
+def test_resume_refuses_changed_samples(model, capsys, tmp_path):
+    folder, path = model
+    log = tmp_path / "audit.jsonl"
+    x = np.load(folder / "x.npy")
+    np.save(tmp_path / "x.npy", x)
+    code, _, _ = run(capsys, "certify", path, "--input", tmp_path / "x.npy", "--limit", "2", "--resume", log)
+    assert code == 0
+    x[1, 0, 0] += 0.5
+    np.save(tmp_path / "x.npy", x)
+    code, _, err = run(capsys, "certify", path, "--input", tmp_path / "x.npy", "--limit", "3", "--resume", log)
+    assert code == InputError.exit_code and "sample 1 was recorded for different sample values" in err
+    code, out, err = run(capsys, "certify", path, "--input", tmp_path / "x.npy", "--start", "2", "--limit", "1",
+                         "--resume", log, "--json")  # the changed sample is not part of this slice
+    assert code == 0 and [row["index"] for row in json.loads(out)["samples"]] == [2]
+    np.savez(tmp_path / "given.npz", x=x, y=np.zeros(len(x), dtype=np.int64))
+    code, _, err = run(capsys, "certify", path, "--input", tmp_path / "given.npz", "--resume", log)
+    assert code == InputError.exit_code and "different options" in err  # labels given now, predicted before
+
+
+def test_threads_flag(model, capsys):
+    import torch
+    folder, path = model
+    before = torch.get_num_threads()
+    try:
+        code, _, err = run(capsys, "bounds", path, "--input", folder / "x.npy", "--eps", "0.01", "--threads", "2")
+        assert code == 0 and torch.get_num_threads() == 2, err
+        code, _, err = run(capsys, "bounds", path, "--input", folder / "x.npy", "--eps", "0.01")
+        assert code == 0 and torch.get_num_threads() == 1, err  # the default
+    finally:
+        torch.set_num_threads(before)

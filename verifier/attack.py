@@ -10,8 +10,8 @@ Every counterexample is re-run through onnxruntime on the original ONNX file
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -143,15 +143,16 @@ def margins(outputs: np.ndarray, labels: np.ndarray, target: int | None) -> np.n
 def find_counterexamples(graph: ir.Graph, model, batch: Batch, labels: np.ndarray, eps: np.ndarray,
                          threat: ThreatModel, *, output: ir.Output, target: int | None = None,
                          steps: int = 60, restarts: int = 4, seed: int = 0) -> AttackResult:
-    """PGD on the margin, then validation: a point counts only if it lies in the set and
-    onnxruntime on the ONNX file (`model`, a verifier.onnx_runtime.OnnxModel) confirms the
-    prediction changes (margin < 0)."""
+    """PGD on the margin, then validation: a point counts only if, rounded to the file's input
+    precision, it lies in the set and onnxruntime on the ONNX file (`model`, a
+    verifier.onnx_runtime.OnnxModel) confirms the prediction changes (margin < 0)."""
     device = batch.center.device
     labels_t = torch.as_tensor(labels, device=device)
     eps_t = torch.as_tensor(np.asarray(eps, dtype=np.float64), device=device)
     adversarial, value = pgd(graph, batch, eps_t, threat, margin_objective(labels_t, target),
                              output_node=output.node, steps=steps, restarts=restarts, seed=seed)
-    adversarial = adversarial.cpu().numpy()
+    # validated (and reported) at the point the file sees: rounded to its input precision, e.g. float16
+    adversarial = model.rounded(batch.node, adversarial.cpu().numpy())
     flat = {batch.node.name: adversarial, **{k: v.double().cpu().numpy() for k, v in batch.fixed.items()}}
     confirmed = margins(model.outputs(graph, flat, output), np.asarray(labels), target) < 0
     inside = inside_set(batch.node, adversarial - batch.center.double().cpu().numpy(), np.asarray(eps, dtype=np.float64), threat)

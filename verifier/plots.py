@@ -6,8 +6,8 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def plot_radii(rows: list[dict], path: str, title: str = "") -> None:
@@ -17,12 +17,12 @@ def plot_radii(rows: list[dict], path: str, title: str = "") -> None:
     figure, axes = plt.subplots(1, columns, figsize=(6 * columns, 4.5), squeeze=False)
     ax = axes[0, 0]
     indices = [row["index"] for row in rows]
-    radii = [0.0 if row["misclassified"] else row["radius"] for row in rows]
-    colors = ["tab:red" if row["misclassified"] else "tab:blue" for row in rows]
+    radii = [0.0 if row["misclassified"] or row["radius"] is None else row["radius"] for row in rows]
+    colors = ["tab:gray" if row.get("skipped") else "tab:red" if row["misclassified"] else "tab:blue" for row in rows]
     ax.bar(range(len(rows)), radii, color=colors)
     ax.set_xlabel("sample")
     ax.set_ylabel("certified radius")
-    ax.set_title("certified radius (red: misclassified)")
+    ax.set_title("certified radius (red: misclassified, gray: skipped)")
     if len(rows) <= 30:
         ax.set_xticks(range(len(rows)), [str(i) for i in indices], fontsize=7)
     if per_frame:

@@ -21,9 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=100, help="PGD steps (default 100)")
     parser.add_argument("--restarts", type=int, default=5, help="random restarts (default 5)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", help="torch device (default: cuda when present)")
+    options.add_device(parser)
+    options.add_threads(parser)
     parser.add_argument("--out", metavar="ADV.npy", help="write the counterexamples found, stacked in the model's layout")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+MAX_STEPS = 100_000
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,27 +35,40 @@ def run(args: argparse.Namespace) -> int:
 
     from verifier import forward
     from verifier.attack import find_counterexamples
-    from verifier.bounds import make_batch, output_node, resolve_device
+    from verifier.bounds import make_batch, output_node
     from verifier.onnx_runtime import OnnxModel, to_model_layout
 
-    graph = options.load_graph(args)
-    samples = options.load_samples(graph, args)
+    options.check_output_path(args.out, "--out", (".npy",))
     eps = options.parse_float(args.eps, "--eps")
     threat = options.threat_from(args)
-    if args.steps < 1 or args.restarts < 1:
-        raise InputError("--steps and --restarts must be at least 1")
-    out = output_node(graph, options.output_from(args))
-    batch = make_batch(graph, samples.x, input_name=args.input_name, device=resolve_device(args.device),
+    if not (1 <= args.steps <= MAX_STEPS and 1 <= args.restarts <= MAX_STEPS):
+        raise InputError(f"--steps and --restarts must be between 1 and {MAX_STEPS}")
+    threads = options.apply_threads(args)
+    device = options.device_from(args)
+    graph = options.load_graph(args)
+    samples = options.load_samples(graph, args)
+    model = OnnxModel(args.model, threads=threads)
+    model.input_dtype(samples.input_name)  # a non-real input is refused before any work
+    options.check_magnitude(eps, samples.x, "float64")
+    model_dtype = np.dtype(model.input_dtype(samples.input_name)).name
+    if np.isfinite(np.finfo(model_dtype).max) and eps + float(np.abs(samples.x).max(initial=0)) > np.finfo(model_dtype).max:
+        raise InputError(f"--eps {eps:g}: the perturbed inputs would overflow the model's {model_dtype} input")
+    batch = make_batch(graph, samples.feeds(list(range(samples.count))), input_name=args.input_name, device=device,
                        dtype=torch.float64)
+    graph = batch.graph
+    out = output_node(graph, options.output_from(args))
     threat.frame_mask(batch.node)
     with torch.no_grad():
         logits = forward.run(graph, batch.feeds())[out.node]
     classes = logits.shape[1]
     predicted = logits.argmax(1).cpu().numpy()
-    labels = predicted if samples.labels is None else np.asarray(samples.labels, dtype=np.int64)
-    if ((labels < 0) | (labels >= classes)).any() or (args.target is not None and not 0 <= args.target < classes):
-        raise InputError(f"labels and --target must be classes 0..{classes - 1}")
-    result = find_counterexamples(graph, OnnxModel(args.model), batch, labels, np.full(batch.size, eps), threat,
+    if samples.labels is None:
+        labels = predicted
+    else:
+        labels = options.check_labels(samples.labels, batch.size, classes)
+    if args.target is not None:
+        options.check_labels([args.target], 1, classes, what="--target")
+    result = find_counterexamples(graph, model, batch, labels, np.full(batch.size, eps), threat,
                                   output=out, target=args.target, steps=args.steps, restarts=args.restarts, seed=args.seed)
     found = result.found & (predicted == labels)  # misclassified samples need no attack
     rows = []
@@ -60,14 +77,18 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"index": samples.first_index + k, "label": int(labels[k]), "predicted": int(predicted[k]),
                      "misclassified": bool(predicted[k] != labels[k]), "found": bool(found[k]),
                      "distance": distance if found[k] else None})
+        if args.target is not None and labels[k] == args.target == predicted[k]:
+            rows[-1]["skipped"] = "label equals --target"
     if args.out:
         np.save(args.out, to_model_layout(batch.node, result.adversarial[found]))
     if args.json:
         print(json.dumps({"model": args.model, "eps": eps, **options.describe_threat(threat), "target": args.target,
-                          "found": int(found.sum()), "samples": rows, "out": args.out}))
+                          "labels": samples.labels_source, "found": int(found.sum()), "samples": rows, "out": args.out}))
         return 0
+    if samples.labels is None:
+        print("labels: the model's own predictions (no labels given)")
     for row in rows:
-        state = "misclassified" if row["misclassified"] else (
+        state = "skipped (label equals --target)" if row.get("skipped") else "misclassified" if row["misclassified"] else (
             f"COUNTEREXAMPLE (distance {row['distance']:.4g})" if row["found"] else "none found")
         print(f"sample {row['index']}: label {row['label']}: {state}")
     print(f"{int(found.sum())} of {batch.size} samples have a counterexample at eps={eps:g} "

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from verifier.commands import options
+from verifier.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,17 +24,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from verifier.bounds import bound_outputs, output_node
 
-    graph = options.load_graph(args)
-    samples = options.load_samples(graph, args, need_labels=False)
     eps = options.parse_float(args.eps, "--eps")
     threat = options.threat_from(args)
     device, dtype = options.engine_from(args)
     output = options.output_from(args)
+    graph = options.load_graph(args)
+    samples = options.load_samples(graph, args, need_labels=False)
+    options.check_magnitude(eps, samples.x, args.dtype)
     started = time.perf_counter()
-    lower, upper = bound_outputs(graph, samples.x, eps, threat.norm, threat.ball, threat.frames,
-                                 method=args.method, output=output, input_name=args.input_name,
+    lower, upper = bound_outputs(graph, samples.feeds(list(range(samples.count))), eps, threat.norm, threat.ball,
+                                 threat.frames, method=args.method, output=output, input_name=args.input_name,
                                  device=device, dtype=dtype)
     elapsed = time.perf_counter() - started
+    if not (np.isfinite(lower).all() and np.isfinite(upper).all()):
+        raise InputError(f"the bounds at --eps {eps:g} are not finite in {args.dtype} arithmetic (inf/NaN); use a "
+                         f"smaller radius{' or --dtype float64' if args.dtype == 'float32' else ''}")
+    graph = samples.graph or graph
     out = output_node(graph, output)
     per_sample_lower, per_sample_upper = _per_sample(lower, out.batch_axis), _per_sample(upper, out.batch_axis)
     if args.json:

@@ -9,21 +9,33 @@ import numpy as np
 
 from verifier import ir
 from verifier.commands import options
-from verifier.errors import InputError, ModelFileError
+from verifier.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX model file")
-    parser.add_argument("--samples", type=int, default=8, help="random samples per input (default 8)")
+    parser.add_argument("--samples", type=int, default=8,
+                        help=f"random samples per input (default 8, at most {MAX_SAMPLES})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", default="1e-5", help="largest absolute difference accepted (default 1e-5)")
-    parser.add_argument("--input", help="check on these samples instead (.npy, or .npz with x) for a single-input model")
+    parser.add_argument("--input", help="check on these samples instead: .npy (single-input model) or .npz with 'x' "
+                                        "and every other model input under its name; dynamic dimensions are taken "
+                                        "from them")
     options.add_input_shape(parser)
+    options.add_threads(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+MAX_SAMPLES = 10_000
 
 
 def random_feeds(graph: ir.Graph, count: int, seed: int) -> dict[str, np.ndarray]:
     """Uniform [0, 1) inputs in every input's own layout, `count` samples on its batch axis."""
+    options.require_shapes(graph, "for random inputs")
+    total = sum(count * node.size for node in graph.inputs)
+    if total > options.MAX_SAMPLE_ELEMENTS:
+        raise InputError(f"--samples {count}: {total:,} random values, more than the "
+                         f"{options.MAX_SAMPLE_ELEMENTS:,} popqorn generates; use fewer samples")
     rng = np.random.default_rng(seed)
     feeds = {}
     for node in graph.inputs:
@@ -44,41 +56,44 @@ def max_difference(expected: np.ndarray, got: np.ndarray) -> float:
     return float(np.where(both_nan, 0.0, np.where(np.isnan(difference), np.inf, difference)).max())
 
 
-def _read_input(graph: ir.Graph, path: str) -> np.ndarray:
-    """The samples of a --input file for a single-input model, as float32 (what onnxruntime takes)."""
-    if len(graph.inputs) != 1:
-        raise InputError(f"--input works for single-input models; the model takes {[n.onnx_name for n in graph.inputs]}")
-    if not path.endswith((".npy", ".npz")):
-        raise InputError(f"{path}: expected a .npy or .npz file")
-    data = options._read_array(path, "input")
-    if isinstance(data, dict):
-        if "x" not in data:
-            raise InputError(f"{path} has arrays {sorted(data)}; an .npz input needs 'x'")
-        data = data["x"]
-    if not np.issubdtype(data.dtype, np.number):
-        raise InputError(f"input {path} has dtype {data.dtype}; numbers are required")
-    return np.asarray(data, dtype=np.float32)
+def _read_inputs(graph: ir.Graph, path: str) -> dict[str, np.ndarray]:
+    """The samples of a --input file for every model input, as float32 (what onnxruntime takes):
+    a .npy for a single-input model, else an .npz with 'x' (or the input's name) and the others
+    by name."""
+    from verifier.commands.arrays import list_members, read_arrays
+    from verifier.commands.samples import as_real, check_layout
+
+    names = [node.onnx_name for node in graph.inputs]
+    data = read_arrays(path, "input", keys=list(dict.fromkeys([*names, "x"])))
+    if not isinstance(data, dict):
+        if len(names) != 1:
+            raise InputError(f"the model takes inputs {names}: give an .npz with one array per input name")
+        data = {names[0]: data}
+    elif names[0] not in data and "x" in data:
+        data[names[0]] = data.pop("x")
+    missing = [name for name in names if name not in data]
+    if missing:
+        raise InputError(f"{path} has arrays {list_members(path)}; the model also needs {missing} (by name)")
+    return {node.onnx_name: check_layout(node, as_real(data[node.onnx_name], f"{path}: {node.onnx_name!r}"),
+                                         f"{path}: {node.onnx_name!r}").astype(np.float32)
+            for node in graph.inputs}
 
 
 def run(args: argparse.Namespace) -> int:
-    import onnxruntime as ort
-
     import verifier
+    from verifier.onnx_runtime import OnnxModel
 
-    graph = options.load_graph(args)
     tol = options.parse_float(args.tol, "--tol")
-    if args.samples < 1:
-        raise InputError("--samples must be at least 1")
-    if args.input:
-        feeds = {graph.inputs[0].onnx_name: _read_input(graph, args.input)}
-    else:
-        feeds = random_feeds(graph, args.samples, args.seed)
-    got = verifier.evaluate(graph, feeds)  # first: it names what is wrong with the feeds
-    try:
-        session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-        expected = session.run([o.onnx_name for o in graph.outputs], feeds)
-    except Exception as exc:
-        raise ModelFileError(f"onnxruntime cannot run {args.model}: {str(exc).splitlines()[0]}") from None
+    if not 1 <= args.samples <= MAX_SAMPLES:
+        raise InputError(f"--samples must be between 1 and {MAX_SAMPLES}, not {args.samples}")
+    threads = options.apply_threads(args)
+    graph = options.load_graph(args)
+    feeds = _read_inputs(graph, args.input) if args.input else random_feeds(graph, args.samples, args.seed)
+    model = OnnxModel(args.model, threads=threads)
+    # both sides see the values the file takes (e.g. rounded to float16 for a float16 input)
+    feeds = {name: value.astype(model.input_dtype(name)) for name, value in feeds.items()}
+    got = verifier.evaluate(graph, {name: value.astype(np.float64) for name, value in feeds.items()})
+    expected = model.run(graph, feeds, list(graph.outputs))
     rows = []
     for out, e, g in zip(graph.outputs, expected, got):
         rows.append({"output": out.onnx_name, "shape": list(np.shape(e)), "max_abs_diff": max_difference(e, g)})

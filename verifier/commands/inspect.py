@@ -41,10 +41,15 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     print(f"{args.model}: opset {report['opset']}, producer {report['producer'] or '?'}")
-    for item in report["inputs"]:
-        shape = ["N" if k == item["batch_axis"] else d for k, d in enumerate(item["shape"])]
+    for item, node in zip(report["inputs"], graph.inputs):
+        shape = ["N" if k == item["batch_axis"] else "?" if d < 0 else d for k, d in enumerate(item["shape"])]
+        frames = "dynamic length" if options.unknown_axes(node) and node.frame_axis in options.unknown_axes(node) \
+            else f"{item['frames']} frames"
         print(f"  input  {item['name']}: shape {shape}, batch axis {item['batch_axis']}, "
-              f"frame axis {item['frame_axis']} ({item['frames']} frames)")
+              f"frame axis {item['frame_axis']} ({frames})")
+        if options.unknown_axes(node):
+            print(f"         dynamic dimension(s) on axis {options.unknown_axes(node)}: taken from the samples "
+                  f"(--input) or from {options.shape_hint(node)}")
     for item in report["outputs"]:
         shape = ["N" if k == item["batch_axis"] else d for k, d in enumerate(item["shape"])]
         dropped = f" ({item['dropped']} dropped: bounds are on its input)" if item["dropped"] else ""

@@ -6,13 +6,20 @@ themselves stay short."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from dataclasses import dataclass
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from verifier import ir
+from verifier.commands.samples import (  # noqa: F401 (re-exported)
+    Samples,
+    check_labels,
+    load_samples,
+    read_input_array,
+)
 from verifier.errors import InputError
 
 if TYPE_CHECKING:  # the engine (torch) is imported by the functions that need it, not on import
@@ -25,6 +32,10 @@ if TYPE_CHECKING:  # the engine (torch) is imported by the functions that need i
 METHODS = ("popqorn", "crown", "ibp")
 BALLS = ("frame", "sequence")
 DTYPE_NAMES = ("float32", "float64")
+
+MAX_THREADS = 1024
+MAX_SAMPLE_ELEMENTS = 2**24  # per sample (an --input-shape beyond it is a typo, not a model)
+PLOT_FORMATS = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
 
 
 def __getattr__(name: str) -> Any:
@@ -41,9 +52,14 @@ def add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="0", help="which model output to bound: index or name (default 0)")
 
 
+SAMPLES_HELP = (".npy with samples stacked on the perturbed input's batch axis, in the model's own layout; or "
+                ".npz with that array as 'x' (or under the input's own name), every other model input under its "
+                "name (e.g. 'h0', stacked on its batch axis the same way; held fixed), and optional labels 'y'. "
+                "Dynamic dimensions (e.g. the time axis) are taken from these arrays")
+
+
 def add_samples(parser: argparse.ArgumentParser, labels: bool = True) -> None:
-    parser.add_argument("--input", required=True, metavar="X",
-                        help=".npy with samples stacked on the model input's batch axis, or .npz with x (and y)")
+    parser.add_argument("--input", required=True, metavar="X", help=SAMPLES_HELP)
     if labels:
         parser.add_argument("--labels", metavar="Y", help=".npy of integer labels (default: y of the .npz, else the model's prediction)")
     parser.add_argument("--start", type=int, default=0, help="first sample to use (default 0)")
@@ -60,8 +76,60 @@ def add_threat(parser: argparse.ArgumentParser) -> None:
 def add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="popqorn", choices=METHODS,
                         help="popqorn: joint 2-D planes for gate products; crown: McCormick products; ibp: intervals")
-    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when present)")
+    add_device(parser)
     parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="engine precision (default float32)")
+    add_threads(parser)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+
+
+THREADS_HELP = ("CPU threads for torch and onnxruntime (default 1: the engine works on many small tensors, where "
+                "more threads mostly wait on each other; 0 = one per core)")
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+
+
+def threads_from(args: argparse.Namespace) -> int:
+    """--threads as a count (0 = one per core), checked; the default is 1 (see THREADS_HELP)."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return 1
+    if threads < 0:
+        raise InputError(f"--threads must be 0 (one per core) or a positive count, not {threads}")
+    if threads > MAX_THREADS:
+        raise InputError(f"--threads {threads} is more than the {MAX_THREADS} popqorn accepts")
+    return threads or (os.cpu_count() or 1)
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    """Set torch's thread count from --threads before any engine work; returns the count, which
+    onnxruntime sessions use too."""
+    import torch
+    threads = threads_from(args)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+_DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
+
+
+def device_from(args: argparse.Namespace):
+    """--device checked before any work: cpu, cuda or cuda:N, and the GPU must exist."""
+    text = getattr(args, "device", None)
+    if text is not None and not _DEVICE.fullmatch(text.strip()):
+        raise InputError(f"--device must be cpu, cuda or cuda:N, not {text!r}")
+    import torch
+
+    from verifier.bounds import resolve_device
+    device = resolve_device(None if text is None else text.strip())
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {text}: there are {torch.cuda.device_count()} CUDA devices (0-based)")
+    return device
 
 
 def threat_from(args: argparse.Namespace) -> ThreatModel:
@@ -70,10 +138,10 @@ def threat_from(args: argparse.Namespace) -> ThreatModel:
 
 
 def engine_from(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the engine; also applies --threads (every engine command calls this first)."""
     import torch
-
-    from verifier.bounds import resolve_device
-    return resolve_device(args.device), getattr(torch, args.dtype)
+    apply_threads(args)
+    return device_from(args), getattr(torch, args.dtype)
 
 
 def output_from(args: argparse.Namespace) -> int | str:
@@ -86,7 +154,8 @@ def add_input_shape(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_input_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
-    """`x=1,4,196` -> {"x": (1, 4, 196)}; anything else is a one-line InputError."""
+    """`x=1,4,196` -> {"x": (1, 4, 196)}; anything else is a one-line InputError, and so is a shape
+    beyond MAX_SAMPLE_ELEMENTS (refused before anything is built)."""
     shapes = {}
     for text in texts:
         name, sep, dims = text.partition("=")
@@ -96,12 +165,17 @@ def parse_input_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
             shape = ()
         if not sep or not name or not shape or min(shape) < 1:
             raise InputError(f"--input-shape {text!r}: expected NAME=d0,d1,... with positive integers")
+        if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+            raise InputError(f"--input-shape {text!r}: {math.prod(shape):,} elements, more than the "
+                             f"{MAX_SAMPLE_ELEMENTS:,} popqorn accepts for one input")
         shapes[name] = shape
     return shapes
 
 
 def load_graph(args: argparse.Namespace) -> ir.Graph:
-    """The model with --input-shape applied; names that are no model input are refused."""
+    """The model with --input-shape applied; names that are no model input are refused. Inputs
+    whose dimensions stay dynamic carry -1 there and the graph has a `specializer`: the samples
+    (see verifier.commands.samples) or --input-shape fix them."""
     import parsers
     shapes = parse_input_shapes(args.input_shape)
     graph = parsers.load_onnx(args.model, input_shapes=shapes or None)
@@ -112,76 +186,84 @@ def load_graph(args: argparse.Namespace) -> ir.Graph:
     return graph
 
 
-@dataclass
-class Samples:
-    """Samples sliced by --start/--limit, in the model's layout, with labels if known."""
-
-    x: np.ndarray
-    labels: np.ndarray | None
-    first_index: int
-    batch_axis: int | None
-
-    @property
-    def count(self) -> int:
-        return 1 if self.batch_axis is None else self.x.shape[self.batch_axis]
-
-    def take(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.batch_axis is None:
-            return self.x, self.labels
-        index = np.arange(start, stop)
-        labels = None if self.labels is None else self.labels[start:stop]
-        return np.take(self.x, index, axis=self.batch_axis), labels
+def unknown_axes(node: ir.Input) -> list[int]:
+    """Axes of an input whose length the model leaves open (the batch axis never counts)."""
+    return [k for k, d in enumerate(node.shape) if k != node.batch_axis and d < 0]
 
 
-def _read_array(path: str, what: str) -> np.ndarray | dict[str, np.ndarray]:
-    if not os.path.isfile(path):
-        raise InputError(f"{what} file not found: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise InputError(f"cannot read {what} file {path}: {type(exc).__name__}: {exc}") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        return {key: data[key] for key in data.files}
-    return data
+def shape_hint(node: ir.Input) -> str:
+    """The --input-shape flag that would fix `node`'s open dimensions, e.g. `--input-shape x=1,<T>,8`."""
+    dims = []
+    for k, d in enumerate(node.shape):
+        if k == node.batch_axis:
+            dims.append("1")
+        elif d >= 0:
+            dims.append(str(d))
+        else:
+            dims.append("<T>" if k == node.frame_axis else f"<d{k}>")
+    return f"--input-shape {node.onnx_name}={','.join(dims)}"
 
 
-def load_samples(graph: ir.Graph, args: argparse.Namespace, need_labels: bool = True) -> Samples:
-    from verifier.bounds import perturbed_input
-    node = perturbed_input(graph, args.input_name)
-    data = _read_array(args.input, "input")
-    labels = None
-    if isinstance(data, dict):
-        if "x" not in data:
-            raise InputError(f"{args.input} has arrays {sorted(data)}; an .npz input needs 'x' (and optionally 'y')")
-        x, labels = data["x"], data.get("y")
-    else:
-        x = data
-    if getattr(args, "labels", None):
-        loaded = _read_array(args.labels, "labels")
-        if isinstance(loaded, dict):
-            raise InputError(f"labels file {args.labels} must be a .npy array")
-        labels = loaded
-    if not np.issubdtype(x.dtype, np.number):
-        raise InputError(f"input {args.input} has dtype {x.dtype}; numbers are required")
-    x = x.astype(np.float32) if x.dtype != np.float64 else x
-    if x.ndim != len(node.shape):
-        expected = tuple("N" if k == node.batch_axis else d for k, d in enumerate(node.shape))
-        raise InputError(f"input {args.input} has shape {x.shape}; model input {node.onnx_name!r} expects {expected}")
-    total = 1 if node.batch_axis is None else x.shape[node.batch_axis]
-    if labels is not None:
-        labels = np.asarray(labels).reshape(-1)
-        if labels.shape[0] != total:
-            raise InputError(f"{labels.shape[0]} labels for {total} samples")
-    if args.start < 0 or args.start >= total:
-        raise InputError(f"--start {args.start} out of range: {total} samples")
-    if args.limit is not None and args.limit < 1:
-        raise InputError("--limit must be at least 1")
-    stop = total if args.limit is None else min(total, args.start + args.limit)
-    samples = Samples(x, labels, 0, node.batch_axis)
-    if node.batch_axis is not None:
-        sliced, sliced_labels = samples.take(args.start, stop)
-        samples = Samples(sliced, sliced_labels, args.start, node.batch_axis)
-    return samples
+def require_shapes(graph: ir.Graph, why: str) -> None:
+    """Refuse, naming the flag, when an input's length is still unknown and nothing can fix it."""
+    for node in graph.inputs:
+        if unknown_axes(node):
+            raise InputError(f"input {node.onnx_name!r} has dynamic dimension(s) on axis {unknown_axes(node)}; "
+                             f"{why}, give {shape_hint(node)}")
+
+
+def shape_from_size(node: ir.Input, size: int) -> tuple[int, ...]:
+    """The one-sample shape of `node` that holds `size` elements, when exactly one dimension is
+    open (e.g. the time axis from the number of X_i of a VNN-LIB property); otherwise InputError."""
+    open_axes = unknown_axes(node)
+    known = math.prod(d for k, d in enumerate(node.shape) if k not in open_axes and k != node.batch_axis)
+    if not open_axes:
+        if size != known:
+            raise InputError(f"{size} values given for input {node.onnx_name!r} of {known} elements {node.shape}")
+        return node.shape
+    if len(open_axes) > 1 or known == 0 or size % known or size == 0:
+        raise InputError(f"cannot infer the dynamic dimension(s) of input {node.onnx_name!r} from {size} values; "
+                         f"give {shape_hint(node)}")
+    return tuple(1 if k == node.batch_axis else (size // known if k in open_axes else d)
+                 for k, d in enumerate(node.shape))
+
+
+def check_output_path(path: str | None, flag: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """Refuse an output path before any work: missing folder, a directory, not writable, or (for
+    files whose format follows the name) an unknown extension. '-' (stdout) passes."""
+    if path is None or path == "-":
+        return
+    if not path.strip():
+        raise InputError(f"{flag}: empty path")
+    if os.path.isdir(path):
+        raise InputError(f"{flag} {path}: is a directory; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise InputError(f"{flag} {path}: not writable")
+    if suffixes and not path.lower().endswith(suffixes):
+        raise InputError(f"{flag} {path}: unknown format; use one of {', '.join(suffixes)}")
+
+
+def overflow_limit(dtype_name: str) -> float:
+    """Largest |input| + radius that bound arithmetic in this dtype handles: beyond the square root
+    of the dtype's largest value, squared norms and products of bounds overflow to inf/NaN."""
+    return float(np.sqrt(np.finfo(np.dtype(dtype_name)).max))
+
+
+def check_magnitude(eps: float, values: np.ndarray, dtype_name: str, flag: str = "--eps") -> None:
+    """Refuse a radius (with the samples it is added to) too large for the arithmetic's dtype,
+    instead of computing bounds that overflow."""
+    finite = np.abs(values[np.isfinite(values)]) if values.size else np.zeros(0)
+    largest = float(finite.max()) if finite.size else 0.0
+    limit = overflow_limit(dtype_name)
+    if eps + largest > limit:
+        what = f"{flag} {eps:g}" if eps > largest else f"input values up to {largest:g}" + (
+            f" (with {flag} {eps:g})" if eps else "")
+        advice = "a smaller radius or --dtype float64" if dtype_name == "float32" else "a smaller radius"
+        raise InputError(f"{what}: too large for {dtype_name} bound arithmetic (at most {limit:.2g} "
+                         f"in all); use {advice}")
 
 
 def describe_threat(threat: ThreatModel) -> dict:
@@ -198,5 +280,3 @@ def parse_float(text: str, name: str, minimum: float | None = 0.0) -> float:
     if not np.isfinite(value) or (minimum is not None and value < minimum):
         raise InputError(f"{name} must be finite and >= {minimum:g}, not {text}")
     return value
-
-
