@@ -3,7 +3,6 @@ export, a model with an initial-state input, a float16-input model, a symbolic t
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 
@@ -12,12 +11,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-import parsers
 from tests.verifier import models
-from verifier import ir
 
 FEATURES, HIDDEN, STEPS, CLASSES = models.FEATURES, models.HIDDEN, models.STEPS, models.CLASSES
-_LOAD_ONNX = parsers.load_onnx  # the real loader, also when a test patches parsers.load_onnx
 
 
 def _export(module: torch.nn.Module, args: tuple, path: Path, **kwargs) -> Path:
@@ -57,19 +53,6 @@ def symbolic_time(path: Path) -> Path:
     """The most common legacy export: batch and time axes both dynamic."""
     return _export(models.Native("gru"), (torch.zeros(2, STEPS, FEATURES),), path, input_names=["x"],
                    dynamic_axes={"x": {0: "batch", 1: "time"}})
-
-
-def load_symbolic(path: Path) -> ir.Graph:
-    """`path` as the front end returns a model with a dynamic time axis (issue 12's contract): the
-    input carries -1 for the open dimension and `specializer` builds the graph for given feeds.
-    Built here from load_onnx(input_shapes=...) so the CLI side is tested on that contract alone."""
-    def specializer(feeds):
-        x = np.asarray(feeds["x"])
-        return _LOAD_ONNX(path, input_shapes={"x": (1, x.shape[1], x.shape[2])})
-
-    base = _LOAD_ONNX(path, input_shapes={"x": (1, STEPS, FEATURES)})
-    node = dataclasses.replace(base.inputs[0], shape=(1, -1, FEATURES))
-    return dataclasses.replace(base, inputs=(node,), cells=(), specializer=specializer)
 
 
 def float16_input(path: Path, seed: int = 0) -> Path:

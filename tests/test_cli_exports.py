@@ -34,19 +34,7 @@ def symbolic(folder):
     return path
 
 
-@pytest.fixture
-def symbolic_loader(monkeypatch, symbolic):
-    """parsers.load_onnx as it behaves for a symbolic time axis (see cli_models.load_symbolic)."""
-    real = parsers.load_onnx
-
-    def load(path, input_shapes=None, **kwargs):
-        if str(path) == str(symbolic) and not input_shapes:
-            return cli_models.load_symbolic(symbolic)
-        return real(path, input_shapes=input_shapes, **kwargs)
-    monkeypatch.setattr(parsers, "load_onnx", load)
-
-
-def test_time_axis_from_the_samples(symbolic, symbolic_loader, capsys):
+def test_time_axis_from_the_samples(symbolic, capsys):
     folder = symbolic.parent
     code, out, err = run(capsys, "certify", symbolic, "--input", folder / "t6.npy", "--norm", "2", "--json",
                          "--tol", "1e-2")
@@ -62,12 +50,12 @@ def test_time_axis_from_the_samples(symbolic, symbolic_loader, capsys):
     assert code == 0 and "check passed" in out, err
 
 
-def test_a_still_missing_length_names_the_flag(symbolic, symbolic_loader, capsys):
+def test_a_still_missing_length_names_the_flag(symbolic, capsys):
     code, out, _ = run(capsys, "inspect", symbolic)
     assert code == 0 and "dynamic length" in out and "--input-shape x=1,<T>,3" in out
     code, _, err = run(capsys, "check", symbolic)
     assert code == InputError.exit_code and "--input-shape x=1,<T>,3" in err
-    node = cli_models.load_symbolic(symbolic).inputs[0]
+    node = parsers.load_onnx(symbolic).inputs[0]
     from verifier.commands import options
     assert options.shape_from_size(node, 6 * cli_models.FEATURES) == (1, 6, cli_models.FEATURES)
     with pytest.raises(InputError, match="--input-shape x=1,<T>,3"):
@@ -124,3 +112,25 @@ def test_float16_input_model(folder, capsys):
     adversarial = np.load(folder / "adv16.npy")
     assert report["found"] > 0 and adversarial.shape[0] == report["found"]
     assert np.array_equal(adversarial, adversarial.astype(np.float16).astype(np.float64))  # the point the file saw
+
+
+def test_weights_fed_as_inputs_from_the_npz(folder, capsys):
+    """Every ONNX conformance case feeds W, R, B as inputs: read from the .npz by name, folded by
+    the front end, and still fed to onnxruntime when a counterexample is validated."""
+    import onnx
+    from onnx import TensorProto, helper
+    steps, features, hidden = cli_models.STEPS, cli_models.FEATURES, cli_models.HIDDEN
+    shapes = {"W": (1, 4 * hidden, features), "R": (1, 4 * hidden, hidden), "B": (1, 8 * hidden)}
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, "batch", features])]
+    inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)) for name, shape in shapes.items()]
+    graph = helper.make_graph([helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "Y_h"], hidden_size=hidden)], "g",
+                              inputs, [helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, "batch", hidden])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), folder / "fed.onnx")
+    rng = np.random.default_rng(0)
+    arrays = {name: rng.uniform(-0.8, 0.8, shape).astype(np.float32) for name, shape in shapes.items()}
+    np.savez(folder / "fed.npz", x=rng.uniform(-1, 1, (steps, 2, features)).astype(np.float32), **arrays)
+    code, out, err = run(capsys, "check", folder / "fed.onnx", "--input", folder / "fed.npz")
+    assert code == 0 and "check passed" in out, err
+    code, out, err = run(capsys, "attack", folder / "fed.onnx", "--input", folder / "fed.npz", "--eps", "2", "--json",
+                         "--steps", "20", "--restarts", "2")
+    assert code == 0 and json.loads(out)["found"] > 0, err

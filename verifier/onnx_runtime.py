@@ -44,12 +44,21 @@ class OnnxModel:
         self.path = str(path)
         self.declared = {i.name: (i.type, list(i.shape)) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.held: dict[str, np.ndarray] = {}
+        self.held: dict[str, tuple[np.ndarray, int | None]] = {}
 
-    def hold(self, feeds: dict[str, np.ndarray]) -> None:
-        """Values for file inputs the IR no longer takes (constants it folded from the feeds, e.g.
-        weights fed as inputs); they are added to every run."""
-        self.held.update({name: np.asarray(value) for name, value in feeds.items() if name in self.declared})
+    def hold(self, graph: ir.Graph, feeds: dict[str, np.ndarray]) -> None:
+        """Values for file inputs that `graph` (the loaded, unspecialised graph) lists but the
+        engine's graph no longer takes: constants folded from the feeds, e.g. weights fed as
+        inputs. Folded inputs are identical on every batch row, so one row is kept and repeated
+        to each run's batch size."""
+        for node in graph.inputs:
+            if node.onnx_name in feeds and node.onnx_name in self.declared:
+                value = np.asarray(feeds[node.onnx_name])
+                dtype = INPUT_DTYPES.get(self.declared[node.onnx_name][0])
+                value = value if dtype is None else value.astype(dtype)
+                if node.batch_axis is not None:
+                    value = np.take(value, [0], axis=node.batch_axis)
+                self.held[node.onnx_name] = (value, node.batch_axis)
 
     def input_dtype(self, onnx_name: str) -> type:
         """The numpy type the file takes for this input; non-real inputs are refused."""
@@ -82,18 +91,23 @@ class OnnxModel:
         if missing:
             raise ModelFileError(f"onnxruntime does not produce output(s) {missing}")
         feeds = {name: np.asarray(value).astype(self.input_dtype(name)) for name, value in feeds.items()}
-        feeds.update({name: value for name, value in self.held.items() if name not in feeds})
-        batched = [node for node in graph.inputs if node.batch_axis is not None and node.onnx_name in feeds]
+        axes = {node.onnx_name: node.batch_axis for node in graph.inputs if node.onnx_name in feeds}
+        batched = [name for name, axis in axes.items() if axis is not None]
+        count = feeds[batched[0]].shape[axes[batched[0]]] if batched else 1
+        for name, (value, axis) in self.held.items():
+            if name not in feeds:
+                feeds[name] = value if axis is None else np.repeat(value, count, axis=axis)
+                axes[name] = axis
+                batched += [] if axis is None else [name]
         fixed = self.fixed_batch(graph)
-        count = feeds[batched[0].onnx_name].shape[batched[0].batch_axis] if batched else 1
         if fixed is None or not batched or count == fixed:
             return self._run(feeds, outputs)
         pieces = []
         for start in range(0, count, fixed):
             rows = np.minimum(np.arange(start, start + fixed), count - 1)  # pad with the last sample
             chunk = dict(feeds)
-            for node in batched:
-                chunk[node.onnx_name] = np.take(feeds[node.onnx_name], rows, axis=node.batch_axis)
+            for name in batched:
+                chunk[name] = np.take(feeds[name], rows, axis=axes[name])
             kept = min(fixed, count - start)
             pieces.append([value if out.batch_axis is None else np.take(value, np.arange(kept), axis=out.batch_axis)
                            for out, value in zip(outputs, self._run(chunk, outputs))])

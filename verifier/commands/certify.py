@@ -155,6 +155,8 @@ def _add_attack_radii(graph, args: argparse.Namespace, x, results: list[SampleRe
     labels = np.array([results[k].label for k in correct])
     certified = np.array([results[k].radius for k in correct])
     model = OnnxModel(args.model, threads=options.threads_from(args))
+    if isinstance(x, dict):
+        model.hold(graph, x)  # inputs the engine folded as constants still go to onnxruntime
     radii = attack_radius(batch.graph, model, batch, labels, threat, output=out, target=args.target,
                           start=float(max(certified.mean() * 1.5, 1e-3)))
     for k, radius, bound in zip(correct, radii, certified):
