@@ -114,7 +114,10 @@ def run_instance(worker: Worker | None, request: dict) -> tuple[dict, Worker | N
         worker.kill()
         return {"result": "timeout", "reason": "stopped at the deadline (worker killed)"}, None
     if reply == "died":
-        code = worker.process.poll()
+        try:
+            code = worker.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = "none: it stopped answering"
         worker.kill()
         return {"result": "error", "error": f"the worker process ended unexpectedly (exit status {code})",
                 "exit_code": 70}, None

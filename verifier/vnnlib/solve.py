@@ -77,7 +77,6 @@ class _Rows:
         self.strict = np.concatenate([s for _, _, s in case.disjuncts]) if case.disjuncts else np.zeros(0, bool)
         self.owner = np.concatenate([np.full(len(b), k) for k, (_, b, _) in enumerate(case.disjuncts)]).astype(
             np.int64) if case.disjuncts else np.zeros(0, np.int64)
-        self.empty_disjunct = np.array([len(b) == 0 for _, b, _ in case.disjuncts], dtype=bool)
 
     def satisfied(self, y: np.ndarray) -> np.ndarray:
         """Which disjuncts the output vectors y (K, out) satisfy: (K, count)."""
@@ -107,29 +106,30 @@ class Solver:
 
     # ---- the schedule ---------------------------------------------------------------------
     def run(self) -> Answer:
+        """The schedule of the module docstring. Input boxes not bounded yet (properties with
+        many cases) are bounded a batch per round, between attacks, before any box is split."""
+        pending = [_Box(case.lower.copy(), case.upper.copy(), k, np.ones(len(case.disjuncts), dtype=bool))
+                   for k, case in enumerate(self.prop.cases)]
         heap: list = []
-        roots = [_Box(case.lower.copy(), case.upper.copy(), k, np.ones(len(case.disjuncts), dtype=bool))
-                 for k, case in enumerate(self.prop.cases)]
-        for start in range(0, len(roots), BATCH_BOXES):
-            found = self._bound_and_push(roots[start:start + BATCH_BOXES], heap)
+        attacks = 0
+        while pending or heap:
+            if self.bounded >= self.max_boxes:
+                return self._answer("unknown", f"--max-boxes {self.max_boxes} bounded without a decision")
+            if pending:
+                count = self._affordable(BATCH_BOXES, self.per_box_s or 0.0)
+                chunk, pending = pending[:count], pending[count:]
+            else:
+                count = self._affordable(BATCH_BOXES // 2, 2 * (self.per_box_s or 0.0))
+                chunk = self._split([heapq.heappop(heap)[2] for _ in range(min(count, len(heap)))])
+            found = self._bound_and_push(chunk, heap)
             if found is not None:
                 return found
-        attacks = 0
-        while heap:
-            if self.spent["attack_s"] <= self.spent["bound_s"] or attacks == 0:
+            if heap and (attacks == 0 or self.spent["attack_s"] <= self.spent["bound_s"]):
                 found = self._attack([entry[2] for entry in heapq.nsmallest(ATTACK_BOXES, heap)],
                                      FIRST_ATTACK_STEPS if attacks == 0 else ATTACK_STEPS, attacks)
                 attacks += 1
                 if found is not None:
                     return found
-            if self.bounded >= self.max_boxes:
-                return self._answer("unknown", f"--max-boxes {self.max_boxes} bounded without a decision")
-            count = self._affordable(BATCH_BOXES // 2, 2 * (self.per_box_s or 0.0))
-            parents = [heapq.heappop(heap)[2] for _ in range(min(count, len(heap)))]
-            children = self._split(parents)
-            found = self._bound_and_push(children, heap)
-            if found is not None:
-                return found
         if self.stuck:
             return self._answer("unknown", f"{self.stuck} boxes shrank to points the bounds cannot decide")
         return self._answer("unsat")
