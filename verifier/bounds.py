@@ -15,20 +15,19 @@ from torch import Tensor
 
 from verifier import forward, ir
 from verifier.errors import InputError
+from verifier.methods import DEFAULT_METHOD, METHODS, Method, parse_method
 from verifier.propagation import Propagator
+from verifier.regions import BallRegion, BoxRegion, PointRegion, Region
 from verifier.relaxations import RELAXERS, Relaxer
-from verifier.threat import BallRegion, BoxRegion, PointRegion, Region, ThreatModel, parse_frames, parse_norm
+from verifier.threat import Domain, ThreatModel
 
-METHODS = ("popqorn", "crown", "ibp")
+__all__ = ["METHODS", "DEFAULT_METHOD", "Method", "bound_outputs", "bound_linear_box", "make_batch", "relaxer_for"]
 
 
-def relaxer_for(method: str) -> Relaxer | None:
-    """'popqorn' (joint planes), 'crown' (McCormick products) or 'ibp' (intervals only: None)."""
-    if method == "ibp":
-        return None
-    if method not in RELAXERS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    return RELAXERS[method]
+def relaxer_for(method: Method | str) -> Relaxer | None:
+    """The relaxation family of a method; None for IBP (intervals only)."""
+    method = parse_method(method)
+    return None if method is Method.IBP else RELAXERS[method.value]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -83,7 +82,7 @@ def perturbed_input(graph: ir.Graph, input_name: str | None) -> ir.Input:
 
 
 def make_batch(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], *, input_name: str | None = None,
-               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Batch:
+               device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> Batch:
     """Stacked samples in the model's own layout (or a full feeds dict) -> Batch. The batch's graph
     is `graph` specialised to the feeds (see ir.Graph.specialize)."""
     node = perturbed_input(graph, input_name)
@@ -110,6 +109,12 @@ def as_eps(eps: float | np.ndarray | Tensor, batch: Batch) -> Tensor:
     return values
 
 
+def check_threat(batch: Batch, threat: ThreatModel) -> None:
+    """Refuse, before any work, frames out of range and clean inputs outside the domain."""
+    threat.frame_mask(batch.node)
+    BallRegion(batch.node, batch.center, torch.zeros_like(batch.center[:, 0]), threat)
+
+
 def ball_regions(batch: Batch, eps: Tensor, threat: ThreatModel, frame_mask: Tensor | None = None) -> dict[str, Region]:
     regions: dict[str, Region] = {batch.node.name: BallRegion(batch.node, batch.center, eps, threat, frame_mask)}
     regions.update({name: PointRegion(value) for name, value in batch.fixed.items()})
@@ -128,19 +133,22 @@ def output_node(graph: ir.Graph, output: int | str) -> ir.Output:
 
 
 def bound_outputs(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], eps: float | np.ndarray,
-                  norm: float | str = math.inf, ball: str = "frame", frames=None, *, method: str = "popqorn",
-                  output: int | str = 0, input_name: str | None = None, device=None,
-                  dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
+                  norm: float | str = math.inf, ball: str = "frame", frames=None, *,
+                  domain: Domain | tuple | None = None, threat: ThreatModel | None = None,
+                  method: Method | str = DEFAULT_METHOD, output: int | str = 0, input_name: str | None = None,
+                  device=None, dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, np.ndarray]:
     """Certified (lower, upper) of one model output for every sample of `x` (stacked on the model
-    input's batch axis) over the threat model; arrays shaped like the output. A dropped trailing
-    softmax is not applied: the bounds are on the logits."""
-    threat = ThreatModel(parse_norm(norm), ball, parse_frames(frames))
+    input's batch axis) over the threat model (given as `threat`, or spelled out by norm, ball,
+    frames and domain); arrays shaped like the output. A dropped trailing softmax is not applied:
+    the bounds are on the logits."""
+    threat = ThreatModel.of(threat, norm=norm, ball=ball, frames=frames, domain=domain)
+    relaxer = relaxer_for(method)
     batch = make_batch(graph, x, input_name=input_name, device=device, dtype=dtype)
     graph = batch.graph
-    threat.frame_mask(batch.node)  # validates frame indices
+    check_threat(batch, threat)
     radius = as_eps(eps, batch)
     out = output_node(graph, output)
-    propagator = Propagator(graph, ball_regions(batch, radius, threat), relaxer_for(method))
+    propagator = Propagator(graph, ball_regions(batch, radius, threat), relaxer)
     with torch.inference_mode():
         lower, upper = propagator.bound(out.node)
     return _to_output_layout(out, lower), _to_output_layout(out, upper)
@@ -148,7 +156,7 @@ def bound_outputs(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], eps: f
 
 def bound_linear_box(graph: ir.Graph, lower: np.ndarray, upper: np.ndarray, spec: np.ndarray, *,
                      offset: np.ndarray | None = None, input_name: str | None = None, output_index: int = 0,
-                     method: str = "popqorn", device=None, dtype: torch.dtype = torch.float64) -> np.ndarray:
+                     method: Method | str = DEFAULT_METHOD, device=None, dtype: torch.dtype = torch.float64) -> np.ndarray:
     """Certified lower bounds of spec @ y + offset over the box lower <= x <= upper, where x is the
     flat C-order per-sample vector of the perturbed input and y the flattened output. lower/upper (n,)
     or stacked (B, n); spec (m, out_size); returns (m,) or (B, m). Other inputs must not exist."""

@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from verifier import forward, ir
-from verifier.bounds import Batch, ball_regions, make_batch, output_node, relaxer_for
+from verifier.bounds import Batch, ball_regions, check_threat, make_batch, output_node, relaxer_for
 from verifier.errors import InputError
+from verifier.methods import DEFAULT_METHOD, Method, parse_method
 from verifier.propagation import Propagator
-from verifier.threat import ThreatModel
+from verifier.threat import Domain, ThreatModel
 
 MAX_RADIUS = 1e4  # a radius this large means the margin does not depend on the input at all
 
@@ -30,10 +31,15 @@ MAX_RADIUS = 1e4  # a radius this large means the margin does not depend on the 
 class SearchOptions:
     """How the radius search runs; passed explicitly, never global."""
 
-    method: str = "popqorn"
+    method: Method = DEFAULT_METHOD
     tol: float = 1e-3  # relative width of the final bracket
     start: float = 0.01  # first ε tried
     max_steps: int = 60
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", parse_method(self.method))
+        if not 0 < self.tol < 1:
+            raise InputError(f"tol must be in (0, 1), not {self.tol!r}")
 
 
 @dataclass
@@ -104,20 +110,23 @@ def search_radius(is_certified: Callable[[Tensor, Tensor], Tensor], count: int, 
     return lower
 
 
-def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float = 2.0, *,
+def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float | str = 2.0, *,
             labels: np.ndarray | None = None, target: int | None = None, ball: str = "frame",
-            frames: tuple[int, ...] | None = None, per_frame: bool = False,
+            frames: tuple[int, ...] | str | None = None, domain: Domain | tuple | None = None,
+            threat: ThreatModel | None = None, per_frame: bool = False,
             options: SearchOptions = SearchOptions(), output: int | str = 0, input_name: str | None = None,
-            device=None, dtype: torch.dtype = torch.float32, first_index: int = 0) -> list[SampleResult]:
-    """Certified radius of every sample in `x` (stacked on the model input's batch axis).
+            device=None, dtype: torch.dtype = torch.float64, first_index: int = 0) -> list[SampleResult]:
+    """Certified radius of every sample in `x` (stacked on the model input's batch axis), over the
+    threat model given as `threat` or spelled out by norm, ball, frames and domain.
 
     Labels default to the model's own prediction; a sample the model misclassifies gets radius 0 and
     `misclassified=True`. With `per_frame`, also the radius when only frame t is perturbed, for all t,
     computed in the same batched search."""
     started = time.perf_counter()
-    threat = ThreatModel(norm, ball, frames)
+    threat = ThreatModel.of(threat, norm=norm, ball=ball, frames=frames, domain=domain)
     batch = make_batch(graph, x, input_name=input_name, device=device, dtype=dtype)
     graph = batch.graph
+    check_threat(batch, threat)
     mask = torch.as_tensor(threat.frame_mask(batch.node), device=batch.center.device)
     out = output_node(graph, output)
     relaxer = relaxer_for(options.method)

@@ -1,33 +1,67 @@
-"""Threat models: the set of inputs a certificate covers, and the two things the engine needs from
-it — element-wise bounds (for interval arithmetic) and the exact minimum of a linear function
-over the set (for CROWN's last step).
+"""Threat models as typed values: what a certificate covers, built once at the edge (CLI or API
+entry) and passed down unchanged.
 
-Per-frame balls (POPQORN's model): every perturbed frame t satisfies ||x_t - x0_t||_p <= eps on its
-own, so min of A·x over the set is A·x0 - eps * sum_t ||A_t||_q (q the dual norm). Whole-sequence
-ball: one ball over all perturbed elements jointly, min = A·x0 - eps * ||A_perturbed||_q. Box:
-min = A·mid - |A|·radius. Frames outside the chosen subset stay at x0.
+A sequence X = (x_1 ... x_T) is perturbed around a clean X0:
+  * per-frame balls (`Ball.FRAME`, POPQORN's model): every perturbed frame t has ||x_t - x0_t||_p <= eps;
+  * a whole-sequence ball (`Ball.SEQUENCE`): ||X - X0||_p <= eps over the perturbed frames jointly;
+  * frames outside `frames` (None = all) stay at X0;
+  * an optional `Domain` (e.g. pixels in [0, 1]) intersected with the ball.
+p is 1, 2 or inf. Every spelling the public API and the CLI accept ("2", 2, 2.0, "inf", math.inf;
+"frame", Ball.FRAME; "0,3", [0, 3]) is normalised here, and anything else is an InputError.
+
+Torch-free: the engine's view of a threat model (element bounds, exact minima of linear functions
+over the set) lives in verifier.regions.
 """
 
 from __future__ import annotations
 
+import enum
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from verifier import ir
 from verifier.errors import InputError
 
-BALLS = ("frame", "sequence")
+
+class Word(str, enum.Enum):
+    """A closed vocabulary whose members compare and print as their plain string value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    @classmethod
+    def parse(cls, value: Any, what: str):
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            raise InputError(f"{what} must be one of {', '.join(m.value for m in cls)}, not {value!r}") from None
+
+
+class Ball(Word):
+    FRAME = "frame"
+    SEQUENCE = "sequence"
+
+
+BALLS = tuple(b.value for b in Ball)
+NORMS = (1.0, 2.0, math.inf)
 
 
 def parse_norm(value: str | float | int) -> float:
     """'1', '2', 'inf' (or numbers) -> 1.0, 2.0, math.inf; anything else is refused."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) in NORMS:
+        return float(value)
     text = str(value).strip().lower()
-    table = {"1": 1.0, "1.0": 1.0, "2": 2.0, "2.0": 2.0, "inf": math.inf, "linf": math.inf, "infinity": math.inf}
+    table = {"1": 1.0, "1.0": 1.0, "l1": 1.0, "2": 2.0, "2.0": 2.0, "l2": 2.0,
+             "inf": math.inf, "linf": math.inf, "infinity": math.inf}
     if text not in table:
         raise InputError(f"norm must be 1, 2 or inf, not {value!r}")
     return table[text]
@@ -41,20 +75,117 @@ def norm_label(p: float) -> str:
     return "inf" if math.isinf(p) else str(int(p))
 
 
-@dataclass(frozen=True)
-class ThreatModel:
-    """What is perturbed and how: the ℓp norm, the ball kind, and the perturbed frames of one input
-    (None = all frames). Radii are per sample and passed separately."""
+def parse_frames(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """'0,3' / [0, 3] -> (0, 3); None, 'all' or '' -> None (every frame)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value.strip().lower() in ("", "all"):
+            return None
+        try:
+            values = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise InputError(f"frames must be comma-separated integers, not {value!r}") from None
+    else:
+        try:
+            values = [int(v) for v in value]
+        except (TypeError, ValueError):
+            raise InputError(f"frames must be integers, not {value!r}") from None
+        if any(float(v) != int(v) for v in value):
+            raise InputError(f"frames must be integers, not {value!r}")
+    if not values:
+        raise InputError("frames must name at least one frame")
+    if len(set(values)) != len(values):
+        raise InputError(f"frames {values} repeat a frame")
+    return tuple(values)
 
-    norm: float = math.inf
-    ball: str = "frame"
-    frames: tuple[int, ...] | None = None
+
+@dataclass(frozen=True, eq=False)
+class Domain:
+    """The valid range of the perturbed input, intersected with every ball (e.g. pixels in [0, 1]).
+
+    `low` and `high` are scalars or arrays broadcastable to one sample's shape (the input's shape
+    without its batch axis); bounds may be -inf/+inf. `label` says where it came from, for reports."""
+
+    low: float | np.ndarray
+    high: float | np.ndarray
+    label: str = ""
 
     def __post_init__(self) -> None:
-        if self.norm not in (1.0, 2.0, math.inf):
-            raise InputError(f"norm must be 1, 2 or inf, not {self.norm!r}")
-        if self.ball not in BALLS:
-            raise InputError(f"ball must be one of {', '.join(BALLS)}, not {self.ball!r}")
+        low, high = np.asarray(self.low, dtype=np.float64), np.asarray(self.high, dtype=np.float64)
+        if np.isnan(low).any() or np.isnan(high).any():
+            raise InputError("the domain's bounds must not be NaN")
+        try:
+            np.broadcast(low, high)
+        except ValueError:
+            raise InputError(f"domain low {low.shape} and high {high.shape} do not broadcast") from None
+        if (low > high).any():
+            raise InputError("the domain's low bound exceeds its high bound")
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+        if not self.label:
+            scalar = low.ndim == 0 and high.ndim == 0
+            object.__setattr__(self, "label", f"[{float(low):g}, {float(high):g}]" if scalar else "per-feature")
+
+    @classmethod
+    def parse(cls, value: Domain | tuple | str | None) -> Domain | None:
+        """None, a Domain, (low, high) or the CLI text 'LOW,HIGH'."""
+        if value is None or isinstance(value, Domain):
+            return value
+        if isinstance(value, str):
+            parts = value.split(",")
+            try:
+                low, high = (float(p) for p in parts)
+            except ValueError:
+                raise InputError(f"domain must be LOW,HIGH (two numbers), not {value!r}") from None
+            return cls(low, high)
+        try:
+            low, high = value
+        except (TypeError, ValueError):
+            raise InputError(f"domain must be (low, high), not {value!r}") from None
+        return cls(low, high)
+
+    def flat(self, node: ir.Input) -> tuple[np.ndarray, np.ndarray]:
+        """low and high as flat per-sample vectors of `node` (C order, like the engine's vectors)."""
+        sample = tuple(d for k, d in enumerate(node.shape) if k != node.batch_axis)
+        try:
+            return (np.broadcast_to(self.low, sample).reshape(-1), np.broadcast_to(self.high, sample).reshape(-1))
+        except ValueError:
+            raise InputError(f"domain bounds of shape {self.low.shape} / {self.high.shape} do not fit one sample "
+                             f"of input {node.onnx_name!r}, shaped {sample}") from None
+
+    def describe(self) -> str | dict:
+        """For reports: the label, or low/high when both are scalars."""
+        if self.low.ndim == 0 and self.high.ndim == 0:
+            return {"low": float(self.low), "high": float(self.high)}
+        return self.label
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What is perturbed and how: the norm, the ball kind, the perturbed frames of one input
+    (None = all frames) and the input domain (None = unbounded). Radii are per sample and passed
+    separately. Any accepted spelling is normalised on construction."""
+
+    norm: float = math.inf
+    ball: Ball = Ball.FRAME
+    frames: tuple[int, ...] | None = None
+    domain: Domain | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", parse_norm(self.norm))
+        object.__setattr__(self, "ball", Ball.parse(self.ball, "ball"))
+        object.__setattr__(self, "frames", parse_frames(self.frames))
+        object.__setattr__(self, "domain", Domain.parse(self.domain))
+
+    @classmethod
+    def of(cls, threat: ThreatModel | None = None, **spellings: Any) -> ThreatModel:
+        """`threat` itself, or one built from the API's keyword spellings (norm, ball, frames, domain)."""
+        if threat is not None:
+            if not isinstance(threat, ThreatModel):
+                raise InputError(f"threat must be a ThreatModel, not {type(threat).__name__}")
+            return threat
+        return cls(**{k: v for k, v in spellings.items() if v is not None})
 
     def frame_mask(self, node: ir.Input) -> np.ndarray:
         """Which frames of `node` are perturbed, as a bool vector over its frames."""
@@ -69,153 +200,16 @@ class ThreatModel:
         mask[list(self.frames)] = True
         return mask
 
-
-def parse_frames(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """'0,3' -> (0, 3); None/'all' -> None (every frame)."""
-    if text is None:
-        return None
-    if isinstance(text, str):
-        if text.strip().lower() in ("", "all"):
-            return None
-        try:
-            values = [int(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise InputError(f"frames must be comma-separated integers, not {text!r}") from None
-    else:
-        values = [int(v) for v in text]
-    if not values:
-        raise InputError("frames must name at least one frame")
-    if len(set(values)) != len(values):
-        raise InputError(f"frames {values} repeat a frame")
-    return tuple(values)
+    def describe(self) -> dict:
+        """The JSON fields every report carries."""
+        return {"norm": norm_label(self.norm), "ball": self.ball.value,
+                "frames": "all" if self.frames is None else list(self.frames),
+                "domain": None if self.domain is None else self.domain.describe()}
 
 
-class Region:
-    """The perturbation set of one input for a batch of samples, as the engine consumes it.
-
-    Subclasses give element bounds and the minimum of linear functions A·x over the set, for
-    coefficients A of shape (batch, m, size)."""
-
-    center: Tensor  # (batch, size)
-
-    def element_bounds(self) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
-
-    def minimize(self, coefficients: Tensor) -> Tensor:
-        """min over the set of coefficients·x, shape (batch, m)."""
-        raise NotImplementedError
-
-    def maximize(self, coefficients: Tensor) -> Tensor:
-        return -self.minimize(-coefficients)
-
-
-class BallRegion(Region):
-    """Per-frame or whole-sequence ℓp balls of per-sample radius eps around `center`.
-
-    `frame_mask` (batch, frames) says which frames each sample perturbs; making it per sample lets
-    one call bound every "only frame t perturbed" variant of a sample at once."""
-
-    def __init__(self, node: ir.Input, center: Tensor, eps: Tensor, threat: ThreatModel,
-                 frame_mask: Tensor | None = None) -> None:
-        if (eps < 0).any() or not torch.isfinite(eps).all():
-            raise InputError("eps must be finite and >= 0")
-        self.center = center
-        self.eps = eps.to(center)
-        self.norm = threat.norm
-        self.ball = threat.ball
-        if frame_mask is None:
-            frame_mask = torch.as_tensor(threat.frame_mask(node), device=center.device).expand(center.shape[0], -1)
-        self.frame_mask = frame_mask.to(device=center.device, dtype=torch.bool)
-        # elements grouped by frame: (frames, elements per frame) index matrix
-        frame_of = node.frame_of_element()
-        order = np.argsort(frame_of, kind="stable")
-        self.groups = torch.as_tensor(order.reshape(node.num_frames, -1), device=center.device)
-        element_frame = torch.as_tensor(frame_of, device=center.device)
-        self.element_mask = self.frame_mask[:, element_frame]  # (batch, size)
-
-    def element_bounds(self) -> tuple[Tensor, Tensor]:
-        radius = self.eps[:, None] * self.element_mask.to(self.center)
-        return self.center - radius, self.center + radius
-
-    def minimize(self, coefficients: Tensor) -> Tensor:
-        value = _dot(coefficients, self.center)
-        grouped = coefficients[:, :, self.groups]  # (batch, m, frames, per_frame)
-        grouped = grouped * self.frame_mask[:, None, :, None].to(grouped)
-        q = dual_norm(self.norm)
-        if self.ball == "frame":
-            spread = torch.linalg.vector_norm(grouped, ord=q, dim=3).sum(dim=2)
-        else:
-            spread = torch.linalg.vector_norm(grouped.flatten(2), ord=q, dim=2)
-        return value - self.eps[:, None] * spread
-
-
-class BoxRegion(Region):
-    """An explicit per-element box (what a VNN-LIB property gives)."""
-
-    def __init__(self, lower: Tensor, upper: Tensor) -> None:
-        if (lower > upper).any():
-            raise InputError("box lower bound exceeds upper bound")
-        self.lower, self.upper = lower, upper
-        self.center = (lower + upper) / 2
-
-    def element_bounds(self) -> tuple[Tensor, Tensor]:
-        return self.lower, self.upper
-
-    def minimize(self, coefficients: Tensor) -> Tensor:
-        radius = (self.upper - self.lower) / 2
-        return (_dot(coefficients, self.center)
-                - torch.einsum("bmn,bn->bm", coefficients.abs(), radius))
-
-
-class PointRegion(Region):
-    """An input held fixed at its given value (e.g. an initial state fed as a graph input)."""
-
-    def __init__(self, value: Tensor) -> None:
-        self.center = value
-
-    def element_bounds(self) -> tuple[Tensor, Tensor]:
-        return self.center, self.center
-
-    def minimize(self, coefficients: Tensor) -> Tensor:
-        return _dot(coefficients, self.center)
-
-
-def _dot(coefficients: Tensor, vector: Tensor) -> Tensor:
-    """sum_n coefficients[b, m, n] * vector[b, n] -> (batch, m)."""
-    return torch.matmul(coefficients, vector.unsqueeze(-1)).squeeze(-1)
-
-
-def project(node: ir.Input, delta: Tensor, eps: Tensor, threat: ThreatModel,
-            frame_mask: Tensor | None = None) -> Tensor:
-    """Euclidean projection of perturbations `delta` (batch, size) onto the threat model's set
-    (per sample radius eps), used by attacks. Unperturbed frames are zeroed."""
-    region = BallRegion(node, torch.zeros_like(delta), eps, threat, frame_mask)
-    delta = delta * region.element_mask.to(delta)
-    groups = region.groups
-    if threat.ball == "frame":
-        blocks = delta[:, groups]  # (batch, frames, per_frame)
-        projected = _project_rows(blocks.flatten(0, 1), eps.repeat_interleave(groups.shape[0]), threat.norm)
-        out = torch.empty_like(delta)
-        out[:, groups] = projected.reshape(blocks.shape)
-        return out
-    return _project_rows(delta, eps, threat.norm)
-
-
-def _project_rows(rows: Tensor, radius: Tensor, p: float) -> Tensor:
-    radius = radius[:, None].to(rows)
-    if math.isinf(p):
-        return torch.maximum(torch.minimum(rows, radius), -radius)
-    if p == 2.0:
-        length = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-        return rows * torch.clamp(radius / length.clamp_min(1e-30), max=1.0)
-    # ℓ1: soft-threshold by the tau that puts the row on the sphere (sort-based, Duchi et al.)
-    magnitude = rows.abs()
-    inside = magnitude.sum(dim=1, keepdim=True) <= radius
-    sorted_desc, _ = torch.sort(magnitude, dim=1, descending=True)
-    cumulative = sorted_desc.cumsum(dim=1) - radius
-    ranks = torch.arange(1, rows.shape[1] + 1, device=rows.device, dtype=rows.dtype)
-    active = sorted_desc - cumulative / ranks > 0
-    count = active.sum(dim=1, keepdim=True).clamp_min(1)
-    tau = cumulative.gather(1, count - 1) / count.to(rows)
-    shrunk = torch.sign(rows) * torch.clamp(magnitude - tau, min=0)
-    return torch.where(inside, rows, shrunk)
+def __getattr__(name: str) -> Any:
+    """The engine-side classes moved to verifier.regions; old imports keep working."""
+    if name in ("Region", "BallRegion", "BoxRegion", "PointRegion", "project"):
+        from verifier import regions
+        return getattr(regions, name)
+    raise AttributeError(f"module 'verifier.threat' has no attribute {name!r}")
