@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     model_dtype = np.dtype(model.input_dtype(samples.input_name)).name
     if np.isfinite(np.finfo(model_dtype).max) and eps + float(np.abs(samples.x).max(initial=0)) > np.finfo(model_dtype).max:
         raise InputError(f"--eps {eps:g}: the perturbed inputs would overflow the model's {model_dtype} input")
-    feeds = samples.feeds(list(range(samples.count)))
+    feeds = samples.all_feeds()
     batch = make_batch(graph, feeds, input_name=args.input_name, device=device, dtype=torch.float64)
     if isinstance(feeds, dict):
         model.hold(graph, feeds)  # inputs the engine folded as constants still go to onnxruntime

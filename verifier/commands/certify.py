@@ -176,8 +176,7 @@ def _validate(graph, samples: options.Samples, threat: ThreatModel, args: argpar
     from verifier.bounds import output_node, perturbed_input
 
     concrete = samples.graph or graph
-    feeds = samples.feeds(list(range(samples.count)))
-    feeds = feeds if isinstance(feeds, dict) else {samples.input_name: feeds}
+    feeds = {samples.input_name: samples.x, **samples.others}
     taken = {n.onnx_name for n in concrete.inputs}
     forward.flatten_feeds(concrete, {name: value for name, value in feeds.items() if name in taken})
     options.check_magnitude(0.0, samples.x, args.dtype, flag="--input")

@@ -68,6 +68,10 @@ class Samples:
             feeds[name] = array if axis is None else np.take(array, positions, axis=axis)
         return feeds
 
+    def all_feeds(self) -> np.ndarray | dict[str, np.ndarray]:
+        """Every sample, in the form `feeds` returns (no copy)."""
+        return {self.input_name: self.x, **self.others} if self.others else self.x
+
     def digest(self, position: int) -> str:
         """sha256 of one sample (all its inputs, and its label when given): --resume refuses rows
         recorded for different samples."""
