@@ -74,16 +74,32 @@ def test_two_workers_give_certify_rows_table_and_files(ray_session, reference, t
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_killed_worker_loses_only_its_batch(ray_session, reference, tmp_path, monkeypatch):
+def nan_samples(folder: Path, position: int = 2) -> Path:
+    """The first COUNT shipped samples, one of them with a NaN."""
+    data = np.load(SAMPLES)
+    x = data["x"][:COUNT].copy()
+    x[position, 1, 5] = np.nan
+    np.savez(folder / "nan.npz", x=x, y=data["y"][:COUNT])
+    return folder / "nan.npz"
+
+
+def test_killed_worker_and_failing_sample(ray_session, reference, tmp_path, monkeypatch, capsys):
+    """One worker process dies in its first batch (that batch is redone elsewhere); the batch with
+    the NaN sample fails, is split, and only that sample is an error row. Batches of 2 here: the
+    bounds are batch-independent, so the rows still equal certify's at batch size 1."""
     from verifier.distributed import ray_pool
     marker = tmp_path / "crashed"
     monkeypatch.setenv(ray_pool.CRASH_ONCE_ENV, str(marker))  # the first batch kills its worker process
     out = tmp_path / "audit.jsonl"
-    assert audit("--workers", 2, "--out", out) == 0
+    code = main(["audit", str(MODEL), "--input", str(nan_samples(tmp_path)), "--norm", "2", "--batch-size", "2",
+                 "--workers", "2", "--no-progress", "--out", str(out)])
+    assert code == 1  # finished, with an error to look at
     assert marker.exists()  # a worker really died
-    rows = journal_rows(out)
-    assert sorted(row["index"] for row in rows) == list(range(COUNT))  # none lost, none twice
-    assert without_time(rows) == reference
+    assert "error: sample 2: InputError:" in capsys.readouterr().out
+    rows = {row["index"]: row for row in journal_rows(out)}
+    assert len(journal_rows(out)) == COUNT and sorted(rows) == list(range(COUNT))  # none lost, none twice
+    assert "NaN" in rows[2]["error"] and "radius" not in rows[2]
+    assert without_time([rows[k] for k in range(COUNT) if k != 2]) == [r for r in reference if r["index"] != 2]
 
 
 def test_interrupted_audit_resumes_without_redoing_samples(ray_session, reference, tmp_path, monkeypatch, capsys):
@@ -97,7 +113,7 @@ def test_interrupted_audit_resumes_without_redoing_samples(ray_session, referenc
             raise KeyboardInterrupt  # Ctrl-C while the workers are busy
 
     monkeypatch.setattr(Journal, "append", append_then_interrupt)
-    assert audit("--workers", 2, "--out", out) == 130
+    assert audit("--workers", 1, "--out", out) == 130
     monkeypatch.setattr(Journal, "append", append)
     first = journal_rows(out)  # every line complete
     assert len(first) == 2
@@ -118,34 +134,52 @@ def test_cluster_too_small_is_refused(ray_session, tmp_path, capsys):
     assert "needs 2 GPUs" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("where", ["ray", "in-process"])
-def test_failing_sample_is_recorded_and_other_journals_refused(where, reference, tmp_path, monkeypatch, capsys,
-                                                               request):
-    """A NaN sample is an error row, its batch-mates still get their radius (on Ray and in this
-    process); a journal of other samples or another threat model is refused."""
-    if where == "ray":
-        request.getfixturevalue("ray_session")
-    else:
-        monkeypatch.setitem(sys.modules, "ray", None)
-    data = np.load(SAMPLES)
-    x = data["x"][:COUNT].copy()
-    x[2, 1, 5] = np.nan
-    np.savez(tmp_path / "nan.npz", x=x, y=data["y"][:COUNT])
+def test_failing_sample_in_process_and_other_journals_refused(reference, tmp_path, monkeypatch, capsys):
+    """Ray import blocked: a NaN sample is an error row, its batch-mates still get their radius;
+    a journal of other samples or another threat model is refused."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    nan_samples(tmp_path)
     out = tmp_path / "audit.jsonl"
     argv = ["audit", str(MODEL), "--input", str(tmp_path / "nan.npz"), "--norm", "2", "--batch-size", "3",
             "--no-progress", "--out", str(out)]
     assert main(argv) == 1  # finished, with an error to look at
     printed = capsys.readouterr()
-    assert ("pip install" in printed.err) == (where == "in-process") and "error: sample 2: InputError:" in printed.out
+    assert "pip install" in printed.err and "error: sample 2: InputError:" in printed.out
     rows = {row["index"]: row for row in journal_rows(out)}
     assert "NaN" in rows[2]["error"] and "radius" not in rows[2]
     assert without_time([rows[k] for k in range(COUNT) if k != 2]) == [r for r in reference if r["index"] != 2]
     assert main([*argv, "--norm", "inf"]) == InputError.exit_code
     assert "belongs to another audit (norm: '2' there, 'inf' now)" in capsys.readouterr().err
-    x[2, 1, 5] = 0.0
-    np.savez(tmp_path / "nan.npz", x=x, y=data["y"][:COUNT])
+    data = np.load(tmp_path / "nan.npz")
+    np.savez(tmp_path / "nan.npz", x=np.nan_to_num(data["x"]), y=data["y"])
     assert main(argv) == InputError.exit_code
     assert "samples_sha256" in capsys.readouterr().err
+
+
+def test_target_rows_match_certify_in_process(tmp_path, monkeypatch):
+    """--target (samples of that class skipped with a reason) gives certify's rows."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    argv = ["--input", str(SAMPLES), "--norm", "2", "--limit", "4", "--target", "9", "--batch-size", "2", "--no-progress"]
+    assert main(["certify", str(MODEL), *argv, "--json", str(tmp_path / "c.json")]) == 0
+    assert main(["audit", str(MODEL), *argv, "--json", str(tmp_path / "a.json"), "--out", str(tmp_path / "a.jsonl")]) == 0
+    expected = without_time(json.loads((tmp_path / "c.json").read_text())["samples"])
+    assert without_time(json.loads((tmp_path / "a.json").read_text())["samples"]) == expected
+    assert any(row.get("skipped") for row in expected) and any(row.get("radius") for row in expected)
+
+
+def test_graph_that_cannot_travel_is_audited_here(reference, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    from verifier.distributed import ray_pool
+
+    def refuse(graph):
+        raise ray_pool.GraphNotPortable("TypeError: cannot pickle")
+
+    monkeypatch.setattr(ray_pool, "check_portable", refuse)
+    assert audit("--out", tmp_path / "a.jsonl", "--json") == 0
+    printed = capsys.readouterr()
+    assert "cannot be sent to Ray workers (TypeError: cannot pickle)" in printed.err
+    report = json.loads(printed.out)
+    assert report["run"]["backend"] == "in-process" and without_time(report["samples"]) == reference
 
 
 def test_torn_last_line_is_dropped_and_redone(tmp_path):

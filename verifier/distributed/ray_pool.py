@@ -50,11 +50,24 @@ def _claim(path: str) -> bool:
         return False
 
 
+class GraphNotPortable(Exception):
+    """The parsed graph does not survive pickling, so it cannot be sent to workers."""
+
+
+def check_portable(graph) -> None:
+    """Round-trip the graph through Ray's serializer here, before any worker depends on it."""
+    try:
+        ray.cloudpickle.loads(ray.cloudpickle.dumps(graph))
+    except Exception as exc:  # noqa: BLE001 -- any failure means the same thing: not portable
+        raise GraphNotPortable(f"{type(exc).__name__}: {exc}") from None
+
+
 def connect(address: str | None, workers: int, threads: int) -> bool:
     """Join the Ray session: the one already running in this process, the cluster at `address`,
     or a new embedded local one (quietly, no dashboard). True when this call started it."""
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own way of naming a cluster
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
@@ -63,8 +76,8 @@ def connect(address: str | None, workers: int, threads: int) -> bool:
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        where = "a local Ray session" if address is None else f"the Ray cluster at --address {address}"
-        raise InputError(f"cannot start {where}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+        where = "start a local Ray session" if address is None else f"join the Ray cluster at --address {address}"
+        raise InputError(f"cannot {where}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
     return True
 
 
@@ -111,6 +124,8 @@ def run_on_ray(graph, job: AuditJob, shards: list[Shard], take: Callable, record
             try:
                 rows = ray.get(ref)
             except ray.exceptions.RayError as exc:  # the worker died: replace it, requeue its batch
+                if getattr(exc, "actor_init_failed", False):  # it cannot even start: no use retrying
+                    raise InputError(f"a Ray worker could not start: {_last_line(exc)}") from None
                 losses_in_a_row += 1
                 if losses_in_a_row > 2 * workers + LOSSES_PER_BATCH:
                     raise InputError(f"Ray workers died {losses_in_a_row} times in a row; last: {_first_line(exc)} "
@@ -149,3 +164,10 @@ def _requeue(queue: deque, shard: Shard, exc: Exception) -> list[dict]:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _last_line(exc: Exception) -> str:
+    """The original error at the end of a remote traceback (e.g. 'InputError: ...')."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return last.split("verifier.errors.", 1)[-1]

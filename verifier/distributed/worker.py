@@ -70,6 +70,7 @@ class BatchCertifier:
         each of its samples alone, so the error is recorded against the sample that caused it and
         the others still get their radius."""
         from verifier.certify import certify
+        from verifier.commands.certify import _skip_target_labels
 
         job = self.job
         try:
@@ -80,6 +81,7 @@ class BatchCertifier:
             if len(indices) > 1:
                 return None
             return [{"index": indices[0], "error": describe_error(exc)}]
+        _skip_target_labels(results, job.target)  # as certify reports them
         rows = []
         for index, result in zip(indices, results):
             result.index = index
