@@ -50,6 +50,8 @@ def _size(nbytes: int) -> str:
 def read_arrays(path: str, what: str, keys: list[str] | None = None) -> np.ndarray | dict[str, np.ndarray]:
     """A .npy file as an array, or the members of a .npz as {name: array} (only `keys` when given,
     read in that order; absent keys are left out). Everything wrong is a one-line InputError."""
+    if not str(path).lower().endswith((".npy", ".npz")):
+        raise InputError(f"{what} file {path}: expected a .npy or .npz file (numpy.save / numpy.savez)")
     if not os.path.exists(path):
         raise InputError(f"{what} file not found: {path}")
     if not os.path.isfile(path):
@@ -57,9 +59,9 @@ def read_arrays(path: str, what: str, keys: list[str] | None = None) -> np.ndarr
     budget = _Budget(path, input_budget())
     try:
         if zipfile.is_zipfile(path):
-            return _read_npz(path, keys, budget)
+            return _read_npz(path, keys, budget, what)
         with open(path, "rb") as handle:
-            return _read_npy(handle, os.path.getsize(path), path, "array", budget)
+            return _read_npy(handle, os.path.getsize(path), path, "array", budget, what)
     except OSError as exc:
         raise InputError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
 
@@ -72,14 +74,14 @@ def list_members(path: str) -> list[str]:
         with zipfile.ZipFile(path) as archive:
             return [info.filename[:-4] for info in archive.infolist() if info.filename.endswith(".npy")]
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npz archive ({exc})") from None
+        raise InputError(f"cannot read {path}: not a readable .npz archive ({exc})") from None
 
 
-def _read_npz(path: str, keys: list[str] | None, budget: _Budget) -> dict[str, np.ndarray]:
+def _read_npz(path: str, keys: list[str] | None, budget: _Budget, what: str) -> dict[str, np.ndarray]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npz archive ({exc})") from None
+        raise InputError(f"cannot read {what} file {path}: not a readable .npz archive ({exc})") from None
     with archive:
         members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
         wanted = list(members) if keys is None else [key for key in keys if key in members]
@@ -91,15 +93,16 @@ def _read_npz(path: str, keys: list[str] | None, budget: _Budget) -> dict[str, n
                 budget.take(info.file_size, key)
             try:
                 with archive.open(info) as member:
-                    arrays[key] = _read_npy(member, info.file_size, path, key, budget)
+                    arrays[key] = _read_npy(member, info.file_size, path, key, budget, what)
             except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
                 if isinstance(exc, InputError):
                     raise
-                raise InputError(f"{path}: array {key!r} is damaged ({type(exc).__name__}: {exc})") from None
+                raise InputError(f"cannot read {what} file {path}: array {key!r} is damaged "
+                                 f"({type(exc).__name__}: {exc})") from None
         return arrays
 
 
-def _read_npy(stream: BinaryIO, available: int, path: str, member: str, budget: _Budget) -> np.ndarray:
+def _read_npy(stream: BinaryIO, available: int, path: str, member: str, budget: _Budget, what: str) -> np.ndarray:
     """One .npy stream: header checked (numeric dtype, no pickle, size within budget and within the
     `available` bytes) before the data is allocated and read."""
     start = stream.tell() if stream.seekable() else 0
@@ -112,10 +115,10 @@ def _read_npy(stream: BinaryIO, available: int, path: str, member: str, budget: 
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except (ValueError, SyntaxError, EOFError, TypeError) as exc:
-        raise InputError(f"{path}: array {member!r} is not a valid .npy array ({exc})") from None
+        raise InputError(f"cannot read {what} file {path}: array {member!r} is not a valid .npy array ({exc})") from None
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise InputError(f"{path}: array {member!r} has dtype {dtype}; popqorn reads plain numeric arrays "
-                         "(never pickled objects)")
+        raise InputError(f"cannot read {what} file {path}: array {member!r} has dtype {dtype}; popqorn reads "
+                         "plain numeric arrays (never pickled objects)")
     count = 1
     for dim in shape:
         count *= int(dim)
@@ -124,7 +127,8 @@ def _read_npy(stream: BinaryIO, available: int, path: str, member: str, budget: 
     if nbytes > budget.limit - budget.used:
         budget.take(nbytes, member)
     if stream.seekable() and nbytes > available - header:
-        raise InputError(f"{path}: array {member!r} is truncated: its header announces shape {tuple(shape)} "
+        raise InputError(f"cannot read {what} file {path}: array {member!r} is truncated: its header announces "
+                         f"shape {tuple(shape)} "
                          f"({nbytes} bytes) but only {max(available - header, 0)} bytes follow")
     budget.take(nbytes, member)
     array = np.empty(count, dtype=dtype)
@@ -133,6 +137,7 @@ def _read_npy(stream: BinaryIO, available: int, path: str, member: str, budget: 
     while filled < nbytes:
         got = stream.readinto(view[filled:])
         if not got:
-            raise InputError(f"{path}: array {member!r} is truncated: {filled} of {nbytes} data bytes present")
+            raise InputError(f"cannot read {what} file {path}: array {member!r} is truncated: {filled} of {nbytes} "
+                             "data bytes present")
         filled += got
     return array.reshape(shape, order="F" if fortran else "C")

@@ -71,9 +71,10 @@ def _read_inputs(graph: ir.Graph, path: str) -> dict[str, np.ndarray]:
         data = {names[0]: data}
     elif names[0] not in data and "x" in data:
         data[names[0]] = data.pop("x")
-    missing = [name for name in names if name not in data]
+    missing = ["x" if name == names[0] else name for name in names if name not in data]
     if missing:
-        raise InputError(f"{path} has arrays {list_members(path)}; the model also needs {missing} (by name)")
+        raise InputError(f"{path} has arrays {list_members(path)}; an .npz input needs "
+                         f"{', '.join(repr(name) for name in missing)} (one array per model input, by name)")
     return {node.onnx_name: check_layout(node, as_real(data[node.onnx_name], f"{path}: {node.onnx_name!r}"),
                                          f"{path}: {node.onnx_name!r}").astype(np.float32)
             for node in graph.inputs}
