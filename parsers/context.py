@@ -64,8 +64,8 @@ class Context:
             for name, attr in schema.attributes.items():
                 if attr.default_value is not None and attr.default_value.type != 0:
                     values[name] = helper.get_attribute_value(attr.default_value)
-        except Exception:
-            pass
+        except onnx.defs.SchemaError:
+            pass  # an op the schema does not know: only its own attributes
         for attr in node.attribute:
             values[attr.name] = helper.get_attribute_value(attr)
         for key, value in list(values.items()):

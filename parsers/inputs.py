@@ -76,11 +76,11 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
-def consumer_axes(graph: onnx.GraphProto, name: str, rank: int, depth: int = 4) -> Axes | None:
-    """(batch_axis, frame_axis) when a recurrent op or a Scan reads `name`, directly or through a
-    few axis-preserving ops (Transpose maps the axes through its permutation)."""
+def consumer_axes(graph: onnx.GraphProto, name: str, rank: int, opset: int, depth: int = 4) -> Axes | None:
+    """(batch_axis, frame_axis) when a recurrent op or a Scan (opset 9 on) reads `name`, directly or
+    through a few axis-preserving ops (Transpose maps the axes through its permutation)."""
     for node, slot in _uses(graph, name):
-        if node.op_type == "Scan":
+        if node.op_type == "Scan" and opset >= 9:
             count = _attr(node, "num_scan_inputs", 0)
             position = slot - (len(node.input) - count)
             if position >= 0 and rank:
@@ -99,7 +99,7 @@ def consumer_axes(graph: onnx.GraphProto, name: str, rank: int, depth: int = 4) 
             if slot in _WEIGHT_SLOTS:
                 return None, None
         if node.op_type in _PASS_THROUGH and slot == 0 and depth > 0:
-            found = consumer_axes(graph, node.output[0], rank, depth - 1)
+            found = consumer_axes(graph, node.output[0], rank, opset, depth - 1)
             if found is None:
                 continue
             if node.op_type != "Transpose":
@@ -134,7 +134,7 @@ def _element_type(graph: onnx.GraphProto, info: onnx.ValueInfoProto) -> bool:
                      "(float) inputs only (integer inputs are accepted only as sequence_lens)")
 
 
-def declare_inputs(graph: onnx.GraphProto, input_shapes: dict | None, batch_axes: dict | None,
+def declare_inputs(graph: onnx.GraphProto, opset: int, input_shapes: dict | None, batch_axes: dict | None,
                    frame_axes: dict | None, max_elements: int) -> list[DeclaredInput]:
     """Every non-initializer graph input, checked and with its axes."""
     initializers = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
@@ -151,12 +151,14 @@ def declare_inputs(graph: onnx.GraphProto, input_shapes: dict | None, batch_axes
             raise InputError(f"input {info.name!r} declares no shape; give its full shape "
                              f"(load_onnx(input_shapes=...), --input-shape {info.name}=d0,d1,...)")
         dims = dims if dims is not None else tuple("?" for _ in input_shapes[info.name])
-        found = consumer_axes(graph, info.name, len(dims))
+        found = consumer_axes(graph, info.name, len(dims), opset)
         batch, frame, evidence = _guessed_axes(dims) if dims else (None, None, True)
         if found is not None:
             (batch, frame), evidence = found, True
         if info.name in batch_axes:
             batch, evidence = batch_axes[info.name], True
+            if frame is not None and frame == batch:
+                frame = next((k for k in range(len(dims)) if k != batch), None) if len(dims) >= 3 else None
         if info.name in frame_axes:
             frame = frame_axes[info.name]
         for axis, what in ((batch, "batch"), (frame, "frame")):

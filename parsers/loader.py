@@ -64,7 +64,8 @@ def convert_model(model: onnx.ModelProto, input_shapes=None, batch_axes=None, fr
 
     check_opsets(model)
     conversion = Conversion(model, budget or Budget())
-    declared = declare_inputs(model.graph, input_shapes, batch_axes, frame_axes, conversion.budget.max_elements)
+    declared = declare_inputs(model.graph, conversion.opset, input_shapes, batch_axes, frame_axes,
+                              conversion.budget.max_elements)
     fold = {d.onnx_name for d in declared if d.constant_only}
     if fold or any(d.unknown_axes for d in declared):
         return symbolic_graph(conversion, declared, fold)

@@ -71,6 +71,10 @@ class Specializer:
         self.cache: OrderedDict[tuple, ir.Graph] = OrderedDict()
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> ir.Graph:
+        known = [d.onnx_name for d in self.declared]
+        unknown = sorted(set(feeds) - set(known))
+        if unknown:
+            raise InputError(f"inputs do not match the model: unknown {unknown}; the model takes {known}")
         shapes = self._shapes(feeds)
         return self._graph(shapes, feeds)
 

@@ -41,7 +41,10 @@ def prepare_binary(ctx: Context, a, b):
     syms = [v for v in (a, b) if isinstance(v, Sym)]
     batch = next((_aligned_batch(s, rank) for s in syms if s.batch_axis is not None), None)
     a, b = [v if isinstance(v, Sym) else collapse_fixed_batch(v, rank, batch) for v in (a, b)]
-    shape = tuple(np.broadcast_shapes(_shape(a), _shape(b)))
+    try:
+        shape = tuple(np.broadcast_shapes(_shape(a), _shape(b)))
+    except ValueError:
+        raise Refusal(f"operands of shapes {_shape(a)} and {_shape(b)} do not broadcast") from None
     out = []
     for v in (a, b):
         if isinstance(v, Sym):

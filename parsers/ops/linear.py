@@ -31,6 +31,8 @@ def sym_times_matrix(ctx: Context, x: Sym, matrix: np.ndarray, bias, name: str) 
         squeeze = False
     if x.batch_axis is not None and x.batch_axis == x.rank - 1:
         raise Refusal("contracting over the batch axis mixes samples")
+    if matrix.ndim != 2 or x.shape[-1] != matrix.shape[0]:
+        raise Refusal(f"operands of shapes {x.shape} and {matrix.shape} do not multiply")
     out_shape = x.shape[:-1] + (matrix.shape[1],)
     full_bias = None if bias is None else np.broadcast_to(np.asarray(bias, dtype=np.float64), out_shape)
     node = ctx.builder.affine(x.node, matrix.T, None if full_bias is None else full_bias.reshape(-1),

@@ -49,6 +49,9 @@ def shape(node, inputs, ctx):
 
 @converter("Size", since=1)
 def size(node, inputs, ctx):
+    """Known for one sample; with a batch axis the ONNX value would count the whole batch."""
+    if inputs[0].batch_axis is not None:
+        raise ctx.unsupported(node, "the element count of a batched value depends on the batch size")
     return [np.array(inputs[0].size, dtype=np.int64)]
 
 

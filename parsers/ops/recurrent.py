@@ -30,9 +30,10 @@ PARAMETERS = {"sigmoid": (0, 0), "tanh": (0, 0), "relu": (0, 0), "softsign": (0,
               "leakyrelu": (1, 0), "thresholdedrelu": (1, 0), "elu": (1, 0), "hardsigmoid": (1, 1),
               "affine": (1, 1), "scaledtanh": (1, 1)}
 # values of omitted alpha/beta: the defaults of the ONNX operator of the same name (HardSigmoid-6,
-# LeakyRelu-6, ThresholdedRelu-10, Elu-6), which is what onnxruntime uses. Affine and ScaledTanh are
-# no operators any more and runtimes disagree on them: their parameters must be given.
-DEFAULTS = {"leakyrelu": (0.01, None), "thresholdedrelu": (1.0, None), "elu": (1.0, None), "hardsigmoid": (0.2, 0.5)}
+# LeakyRelu-6, Elu-6), which is also what onnxruntime uses. Where runtimes disagree, the parameters
+# must be given: ThresholdedRelu (operator default 1.0, onnxruntime's RNN default 0), and Affine and
+# ScaledTanh (no operators any more).
+DEFAULTS = {"leakyrelu": (0.01, None), "elu": (1.0, None), "hardsigmoid": (0.2, 0.5)}
 # IR nodes one time step of one direction emits at most (checked against max_nodes before unrolling)
 NODES_PER_STEP = {"LSTM": 32, "GRU": 32, "RNN": 8}
 
