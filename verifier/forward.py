@@ -7,32 +7,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from verifier import activations, ir
+from verifier import ir
+from verifier.rules import rule
 from verifier.errors import InputError
 from verifier.tensors import constant
 
 
 def run(graph: ir.Graph, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
     """Values of every node, each (batch, size), from per-sample flat inputs keyed by IR name."""
-    values: dict[str, Tensor] = {}
+    values: dict[str, Tensor] = dict(inputs)
     for node in graph.nodes:
-        match node:
-            case ir.Input():
-                values[node.name] = inputs[node.name]
-            case ir.Affine():
-                values[node.name] = affine(node, values[node.input])
-            case ir.Add(inputs=xs):
-                values[node.name] = sum(values[x] for x in xs[1:]) + values[xs[0]]
-            case ir.Activation():
-                values[node.name] = activations.apply(node.fn, values[node.input])
-            case ir.Product():
-                values[node.name] = (activations.apply(node.left_fn, values[node.left])
-                                     * activations.apply(node.right_fn, values[node.right]))
-            case ir.Concat(inputs=xs):
-                values[node.name] = torch.cat([values[x] for x in xs], dim=1)
-            case ir.Select():
-                index = constant(node.indices, values[node.input].new_empty(0, dtype=torch.long))
-                values[node.name] = values[node.input].index_select(1, index)
+        if not isinstance(node, ir.Input):
+            values[node.name] = rule(node).forward(node, values)
     return values
 
 

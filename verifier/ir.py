@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 
@@ -155,6 +156,12 @@ class Select:
 Node = Input | Affine | Add | Activation | Product | Concat | Select
 
 
+def assert_never(value: NoReturn) -> NoReturn:
+    """The end of an exhaustive `match` over IR nodes (typing.assert_never, for Python 3.10 too):
+    a type checker flags a forgotten node kind, and at run time it is an error, not a silent skip."""
+    raise TypeError(f"not an IR node: {value!r}")
+
+
 def node_inputs(node: Node) -> tuple[str, ...]:
     match node:
         case Input():
@@ -165,7 +172,8 @@ def node_inputs(node: Node) -> tuple[str, ...]:
             return xs
         case Product(left=a, right=b):
             return (a, b)
-    raise TypeError(f"not an IR node: {node!r}")
+        case _:
+            assert_never(node)
 
 
 class Postprocess(enum.Enum):
@@ -238,24 +246,12 @@ class Graph:
         return self._index[name]
 
     def sizes(self) -> dict[str, int]:
-        """Vector length of every node, computed once from the inputs."""
+        """Vector length of every node, computed once from the inputs (verifier.rules)."""
+        from verifier.rules import rule  # the rule table imports this module
+
         sizes: dict[str, int] = {}
         for node in self.nodes:
-            match node:
-                case Input():
-                    sizes[node.name] = node.size
-                case Affine():
-                    sizes[node.name] = node.output_size(sizes[node.input])
-                case Add(inputs=xs):
-                    sizes[node.name] = sizes[xs[0]]
-                case Activation(input=x):
-                    sizes[node.name] = sizes[x]
-                case Product(left=a):
-                    sizes[node.name] = sizes[a]
-                case Concat(inputs=xs):
-                    sizes[node.name] = sum(sizes[x] for x in xs)
-                case Select(indices=idx):
-                    sizes[node.name] = len(idx)
+            sizes[node.name] = rule(node).size(node, sizes)
         return sizes
 
     def specialize(self, feeds: Mapping[str, np.ndarray]) -> tuple[Graph, dict[str, np.ndarray]]:

@@ -2,17 +2,24 @@
 
 One walk serves every relaxation family: a `Relaxer` (verifier.relaxations) turns the bounds of a
 nonlinear node's inputs into lines (activations) or planes (products), and the backward pass only
-ever sees slopes and intercepts. Which lines are used for a lower bound is decided once, by the sign
-of the coefficient (positive coefficient -> lower line), in `_split`.
+ever sees slopes and intercepts, through the node rules of verifier.rules.
 
 Intermediate bounds follow POPQORN: every node whose value feeds a nonlinearity gets its bounds by a
-full backward pass from that node to the inputs (O(T^2) passes over a T-step unrolling), each pass
-vectorised over all its neurons and all samples, and intersected with the interval estimate.
+full backward pass from that node to the inputs (O(T^2) node visits over a T-step unrolling),
+intersected with its interval bounds. To keep the number of tensor operations (kernel launches) low:
+  * nodes are grouped by *level* (the number of nonlinear nodes on the longest path from an input):
+    all nodes of one level depend only on relaxations of lower levels, so one backward pass serves
+    all of them at once, their rows stacked;
+  * a pass with very many rows (an input projection over all T frames) runs in chunks of rows;
+  * lower and upper bounds are one set of rows: the upper bound of a·v is minus the lower bound of
+    (-a)·v, so every pull-back is done once, for "lower" rows only;
+  * contiguous Selects pass their coefficients as slices, assembled by one concatenation.
 Bounds and relaxations live in dicts keyed by node name; the IR is never mutated.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,35 +27,183 @@ import torch
 from torch import Tensor
 
 from verifier import ir
-from verifier.relaxations import Relaxer, interval_activation, interval_product
+from verifier.regions import Region
+from verifier.relaxations import Relaxer
 from verifier.relaxations.base import Lines, Planes
-from verifier.tensors import constant
-from verifier.threat import Region
+from verifier.rules import NONLINEAR, ROUTING, contiguous_span, rule
 
 Bounds = tuple[Tensor, Tensor]
 
-_ROUTING = (ir.Select, ir.Concat)  # nodes whose bounds are read off their inputs, never propagated to
+
+@dataclass(frozen=True)
+class LineForm:
+    """Lines in the form the pull-back uses: lower slope/intercept and upper - lower gaps, shaped
+    (batch, 1, n) (shared by every row) or (batch, rows, n) (per row, optimised relaxations)."""
+
+    slope: Tensor
+    slope_gap: Tensor
+    intercept: Tensor
+    intercept_gap: Tensor
+
+    @classmethod
+    def of(cls, lines: Lines) -> LineForm:
+        row = lambda t: t.unsqueeze(1) if t.dim() == 2 else t
+        return cls(row(lines.lower_slope), row(lines.upper_slope - lines.lower_slope),
+                   row(lines.lower_intercept), row(lines.upper_intercept - lines.lower_intercept))
 
 
-@dataclass
-class _Backward:
-    """Coefficients of the linear bounds being pulled back: for each node, A_lower (for the lower
-    bound) and A_upper (for the upper bound), each (batch, m, node size), plus the constants."""
+@dataclass(frozen=True)
+class PlaneForm:
+    """Planes in pull-back form: lower coefficients and upper - lower gaps (see LineForm)."""
 
-    lower: dict[str, Tensor]
-    upper: dict[str, Tensor]
-    lower_const: Tensor
-    upper_const: Tensor
+    x: Tensor
+    x_gap: Tensor
+    y: Tensor
+    y_gap: Tensor
+    const: Tensor
+    const_gap: Tensor
 
-    def push(self, name: str, lower: Tensor, upper: Tensor) -> None:
-        """Add coefficients for `name`. Until the first nonlinearity the lower and upper
-        coefficients are one tensor; keeping them shared halves the work there."""
-        if name not in self.lower:
-            self.lower[name], self.upper[name] = lower, upper
-            return
-        shared = self.lower[name] is self.upper[name] and lower is upper
-        self.lower[name] = self.lower[name] + lower
-        self.upper[name] = self.lower[name] if shared else self.upper[name] + upper
+    @classmethod
+    def of(cls, planes: Planes) -> PlaneForm:
+        row = lambda t: t.unsqueeze(1) if t.dim() == 2 else t
+        return cls(row(planes.lower_x), row(planes.upper_x - planes.lower_x), row(planes.lower_y),
+                   row(planes.upper_y - planes.lower_y), row(planes.lower_const),
+                   row(planes.upper_const - planes.lower_const))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a graph's bound computation looks like, computed once per graph: node sizes and
+    levels, which rows of which nodes some relaxation needs, and the nodes of each level."""
+
+    sizes: dict[str, int]
+    order: dict[str, int]
+    level: dict[str, int]
+    needed: dict[str, np.ndarray]  # tight node -> rows whose CROWN bounds are computed
+    by_level: tuple[tuple[ir.Node, ...], ...]  # nodes of each level, in topological order
+
+    @classmethod
+    def of(cls, graph: ir.Graph) -> Plan:
+        cached = _PLANS.get(graph)
+        if cached is None:
+            cached = _PLANS[graph] = cls._build(graph)
+        return cached
+
+    @classmethod
+    def _build(cls, graph: ir.Graph) -> Plan:
+        sizes = graph.sizes()
+        level: dict[str, int] = {}
+        for node in graph.nodes:
+            below = max((level[x] for x in ir.node_inputs(node)), default=0)
+            level[node.name] = below + 1 if isinstance(node, NONLINEAR) else below
+        tight: set[str] = set()  # inputs of nonlinear nodes, traced back through routing
+        stack = [x for node in graph.nodes if isinstance(node, NONLINEAR) for x in ir.node_inputs(node)]
+        while stack:
+            name = stack.pop()
+            if name not in tight:
+                tight.add(name)
+                if isinstance(graph[name], ROUTING):
+                    stack.extend(ir.node_inputs(graph[name]))
+        # every row of a tight node: interval bounds of later nodes are built from them, and where
+        # intervals beat back-substitution they decide the bounds a relaxation reads
+        needed = {name: np.arange(sizes[name]) for name in tight}
+        count = max(level.values(), default=0) + 1
+        by_level: list[list[ir.Node]] = [[] for _ in range(count)]
+        for node in graph.nodes:
+            by_level[level[node.name]].append(node)
+        return cls(sizes, {n.name: k for k, n in enumerate(graph.nodes)}, level, needed,
+                   tuple(tuple(nodes) for nodes in by_level))
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class BackwardPass:
+    """Coefficients being pulled back from some start rows toward the inputs. Every row is a
+    lower-bound row: the pass returns, per row, a lower bound of row · value(start) over the
+    regions. Node rules call `push`/`push_slice`/`add_constant`; relaxations come from the
+    propagator."""
+
+    def __init__(self, propagator: Propagator) -> None:
+        self.propagator = propagator
+        self.sizes = propagator.plan.sizes
+        self.coefficients: dict[str, Tensor] = {}
+        self.pieces: dict[str, list[tuple[int, Tensor]]] = {}
+        self.constants: list[Tensor] = []
+
+    # -- used by the node rules ------------------------------------------------------------------
+    def push(self, name: str, a: Tensor) -> None:
+        held = self.coefficients.get(name)
+        self.coefficients[name] = a if held is None else held + a
+
+    def push_slice(self, name: str, start: int, a: Tensor) -> None:
+        self.pieces.setdefault(name, []).append((start, a))
+
+    def add_constant(self, value: Tensor) -> None:
+        self.constants.append(value)
+
+    def region(self, name: str) -> Region:
+        return self.propagator.regions[name]
+
+    def lines(self, node: ir.Activation) -> LineForm:
+        return self.propagator.relaxation(node)
+
+    def planes(self, node: ir.Product) -> PlaneForm:
+        return self.propagator.relaxation(node)
+
+    @staticmethod
+    def weighted_sum(a: Tensor, per_neuron: Tensor) -> Tensor:
+        """sum_n a[b, r, n] * v[b, ., n] -> (batch, rows); v shared by rows or per row."""
+        if per_neuron.shape[1] == 1:
+            return torch.matmul(a, per_neuron.transpose(1, 2)).squeeze(-1)
+        return (a * per_neuron).sum(-1)
+
+    # -- the walk --------------------------------------------------------------------------------
+    def run(self, nodes: tuple[ir.Node, ...]) -> Tensor:
+        """Walk `nodes` (a prefix of the graph, topological order) backward; returns (batch, rows)."""
+        for node in reversed(nodes):
+            a = self._take(node.name)
+            if a is not None:
+                rule(node).pull_back(node, a, self)
+        return torch.stack(self.constants).sum(0)
+
+    def _take(self, name: str) -> Tensor | None:
+        held = self.coefficients.pop(name, None)
+        pieces = self.pieces.pop(name, None)
+        if pieces:
+            assembled = _assemble(pieces, self.sizes[name])
+            held = assembled if held is None else held + assembled
+        return held
+
+
+def _assemble(pieces: list[tuple[int, Tensor]], size: int) -> Tensor:
+    """Coefficients given as slices [start, start + width) -> one (batch, rows, size) tensor."""
+    pieces = sorted(pieces, key=lambda p: p[0])
+    merged: list[tuple[int, Tensor]] = []
+    for start, a in pieces:  # equal slices from several consumers are added first
+        if merged and merged[-1][0] == start and merged[-1][1].shape[-1] == a.shape[-1]:
+            merged[-1] = (start, merged[-1][1] + a)
+        else:
+            merged.append((start, a))
+    parts, position = [], 0
+    for start, a in merged:
+        if start < position:  # overlapping slices: accumulate into a dense tensor instead
+            return _accumulate(merged, size)
+        if start > position:
+            parts.append(a.new_zeros((*a.shape[:2], start - position)))
+        parts.append(a)
+        position = start + a.shape[-1]
+    if position < size:
+        parts.append(parts[-1].new_zeros((*parts[-1].shape[:2], size - position)))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def _accumulate(pieces: list[tuple[int, Tensor]], size: int) -> Tensor:
+    first = pieces[0][1]
+    total = first.new_zeros((*first.shape[:2], size))
+    for start, a in pieces:
+        total[..., start:start + a.shape[-1]] += a
+    return total
 
 
 class Propagator:
@@ -60,202 +215,138 @@ class Propagator:
         self.graph = graph
         self.regions = regions
         self.relaxer = relaxer
-        self.sizes = graph.sizes()
-        self.order = {node.name: k for k, node in enumerate(graph.nodes)}
+        self.plan = Plan.of(graph)
+        self.sizes = self.plan.sizes
         self.bounds: dict[str, Bounds] = {}
-        self.relaxations: dict[str, Lines | Planes] = {}
-        self._needs_tight = self._nodes_feeding_nonlinearities()
+        self.forms: dict[str, LineForm | PlaneForm] = {}
+        self.done_level = -1
         any_region = next(iter(regions.values()))
         self.batch = any_region.center.shape[0]
         self.like = any_region.center
 
-    # ---- which nodes need bounds -------------------------------------------------------------
-    def _nodes_feeding_nonlinearities(self) -> set[str]:
-        """Nodes whose bounds some relaxation reads, traced back through Select/Concat routing."""
-        wanted: set[str] = set()
-        stack = [x for node in self.graph.nodes
-                 if isinstance(node, (ir.Activation, ir.Product)) for x in ir.node_inputs(node)]
-        while stack:
-            name = stack.pop()
-            if name in wanted:
-                continue
-            wanted.add(name)
-            if isinstance(self.graph[name], _ROUTING):
-                stack.extend(ir.node_inputs(self.graph[name]))
-        return wanted
-
-    # ---- forward: intervals, tightened by back-substitution where a relaxation needs them -------
+    # ---- forward: levels in order ----------------------------------------------------------------
     def run(self, until: str | None = None) -> None:
-        """Bounds for every node up to `until` (inclusive) in topological order."""
-        for node in self.graph.nodes:
-            if node.name not in self.bounds:
-                lower, upper = self._interval(node)
-                if (self.relaxer is not None and node.name in self._needs_tight
-                        and not isinstance(node, (ir.Input, *_ROUTING))):
-                    crown_lower, crown_upper = self.backward(node.name, None)
-                    lower, upper = torch.maximum(lower, crown_lower), torch.minimum(upper, crown_upper)
-                    upper = torch.maximum(upper, lower)  # guard against rounding crossing
-                self.bounds[node.name] = (lower, upper)
-            if node.name == until:
-                return
+        """Bounds of every node up to the level of `until` (all levels when None)."""
+        last = len(self.plan.by_level) - 1 if until is None else self.plan.level[until]
+        while self.done_level < last:
+            self._level(self.done_level + 1)
+            self.done_level += 1
 
-    def _interval(self, node: ir.Node) -> Bounds:
-        b = self.bounds
-        match node:
-            case ir.Input():
-                return self.regions[node.name].element_bounds()
-            case ir.Affine():
-                lower, upper = b[node.input]
-                return _affine_interval(node, lower, upper)
-            case ir.Add(inputs=xs):
-                return (sum(b[x][0] for x in xs[1:]) + b[xs[0]][0], sum(b[x][1] for x in xs[1:]) + b[xs[0]][1])
-            case ir.Activation():
-                interval = interval_activation(node.fn, *b[node.input])
-                return interval.lower, interval.upper
-            case ir.Product():
-                interval = interval_product(node.left_fn, node.right_fn, *b[node.left], *b[node.right])
-                return interval.lower, interval.upper
-            case ir.Concat(inputs=xs):
-                return torch.cat([b[x][0] for x in xs], 1), torch.cat([b[x][1] for x in xs], 1)
-            case ir.Select():
-                index = constant(node.indices, self.like.new_empty(0, dtype=torch.long))
-                lower, upper = b[node.input]
-                return lower.index_select(1, index), upper.index_select(1, index)
-        raise TypeError(f"not an IR node: {node!r}")
+    def _level(self, level: int) -> None:
+        """CROWN bounds of the level's tight nodes in one backward pass, then intervals of all
+        its nodes in topological order (tight ones intersected with their CROWN bounds)."""
+        nodes = self.plan.by_level[level]
+        starts = [n for n in nodes if n.name in self.plan.needed and not isinstance(n, (ir.Input, *ROUTING))]
+        crown: dict[str, Bounds] = {}
+        if self.relaxer is not None and starts:
+            for rows in _chunks([(n.name, self.plan.needed[n.name]) for n in starts], MAX_PASS_ROWS):
+                lower, upper = self._backward(rows, need_upper=True)
+                offset = 0
+                for name, index in rows:
+                    part = (lower[:, offset:offset + len(index)], upper[:, offset:offset + len(index)])
+                    held = crown.get(name)
+                    crown[name] = part if held is None else (torch.cat([held[0], part[0]], 1),
+                                                             torch.cat([held[1], part[1]], 1))
+                    offset += len(index)
+        for node in nodes:
+            lower, upper = rule(node).interval(node, self.bounds, self)
+            if node.name in crown:
+                lower, upper = _intersect(lower, upper, self.plan.needed[node.name], *crown[node.name])
+            self.bounds[node.name] = (lower, upper)
 
-    # ---- backward: CROWN back-substitution -----------------------------------------------------
-    def backward(self, start: str, spec: Tensor | None) -> Bounds:
-        """Lower and upper bounds of spec·value(start), shape (batch, m); spec (batch, m, size) or
-        None for the identity (bounds of every neuron of `start`)."""
+    # ---- backward ------------------------------------------------------------------------------
+    def _backward(self, rows: list[tuple[str, np.ndarray]], need_upper: bool) -> tuple[Tensor, Tensor | None]:
+        """Lower (and upper) bounds of the selected rows of the start nodes, stacked, (batch, rows)."""
+        total = sum(len(index) for _, index in rows)
+        signs = (1.0, -1.0) if need_upper else (1.0,)
+        width = total * len(signs)
+        backward = BackwardPass(self)
+        offset = 0
+        for name, index in rows:
+            spec = self.like.new_zeros((width, self.sizes[name]))
+            for k, sign in enumerate(signs):
+                spec[k * total + offset + np.arange(len(index)), torch.as_tensor(index)] = sign
+            backward.push(name, spec.expand(self.batch, -1, -1))
+            offset += len(index)
+        last = max(self.plan.order[name] for name, _ in rows)
+        result = backward.run(self.graph.nodes[:last + 1])
+        return result[:, :total], (-result[:, total:] if need_upper else None)
+
+    def backward(self, start: str, spec: Tensor | None, need_upper: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Bounds of spec·value(start), (batch, m); spec (batch, m, size), or None for every neuron."""
+        self.run(until=start)
         if spec is None:
-            size = self.sizes[start]
-            spec = torch.eye(size, dtype=self.like.dtype, device=self.like.device).expand(self.batch, size, size)
-        zero = torch.zeros(spec.shape[:2], dtype=spec.dtype, device=spec.device)
-        state = _Backward({start: spec}, {start: spec}, zero, zero.clone())
-        for node in reversed(self.graph.nodes[:self.order[start] + 1]):
-            if node.name not in state.lower:
-                continue
-            a_lower, a_upper = state.lower.pop(node.name), state.upper.pop(node.name)
-            self._pull_back(node, a_lower, a_upper, state)
-        return state.lower_const, state.upper_const
+            return self._backward([(start, np.arange(self.sizes[start]))], need_upper)
+        rows = torch.cat([spec, -spec], dim=1) if need_upper else spec
+        backward = BackwardPass(self)
+        backward.push(start, rows)
+        result = backward.run(self.graph.nodes[:self.plan.order[start] + 1])
+        m = spec.shape[1]
+        return result[:, :m], (-result[:, m:] if need_upper else None)
 
-    def _pull_back(self, node: ir.Node, a_lower: Tensor, a_upper: Tensor, state: _Backward) -> None:
-        match node:
-            case ir.Input():
-                region = self.regions[node.name]
-                state.lower_const = state.lower_const + region.minimize(a_lower)
-                state.upper_const = state.upper_const + region.maximize(a_upper)
-            case ir.Affine():
-                shared = a_lower is a_upper
-                lower_in = _affine_transpose(node, a_lower)
-                state.push(node.input, lower_in, lower_in if shared else _affine_transpose(node, a_upper))
-                if node.bias is not None:
-                    bias = constant(node.bias, a_lower)
-                    lower_bias = a_lower @ bias
-                    state.lower_const = state.lower_const + lower_bias
-                    state.upper_const = state.upper_const + (lower_bias if shared else a_upper @ bias)
-            case ir.Add(inputs=xs):
-                for x in xs:
-                    state.push(x, a_lower, a_upper)
-            case ir.Concat(inputs=xs):
-                start = 0
-                for x in xs:
-                    width = self.sizes[x]
-                    part = a_lower[..., start:start + width]
-                    state.push(x, part, part if a_lower is a_upper else a_upper[..., start:start + width])
-                    start += width
-            case ir.Select():
-                index = constant(node.indices, a_lower.new_empty(0, dtype=torch.long))
-                shape = (*a_lower.shape[:2], self.sizes[node.input])
-                lower_in = a_lower.new_zeros(shape).index_add_(2, index, a_lower)
-                state.push(node.input, lower_in, lower_in if a_lower is a_upper
-                           else a_upper.new_zeros(shape).index_add_(2, index, a_upper))
-            case ir.Activation():
-                lines = self._relaxation(node)
-                lower_in, lower_const = _split(a_lower, lines.lower_slope, lines.lower_intercept,
-                                               lines.upper_slope, lines.upper_intercept)
-                upper_in, upper_const = _split(a_upper, lines.upper_slope, lines.upper_intercept,
-                                               lines.lower_slope, lines.lower_intercept)
-                state.push(node.input, lower_in, upper_in)
-                state.lower_const = state.lower_const + lower_const
-                state.upper_const = state.upper_const + upper_const
-            case ir.Product():
-                planes = self._relaxation(node)
-                lo_pos, lo_neg = a_lower.clamp(min=0), a_lower.clamp(max=0)
-                up_pos, up_neg = a_upper.clamp(min=0), a_upper.clamp(max=0)
-                lower_x, upper_x = planes.lower_x.unsqueeze(1), planes.upper_x.unsqueeze(1)
-                lower_y, upper_y = planes.lower_y.unsqueeze(1), planes.upper_y.unsqueeze(1)
-                state.push(node.left, lo_pos * lower_x + lo_neg * upper_x, up_pos * upper_x + up_neg * lower_x)
-                state.push(node.right, lo_pos * lower_y + lo_neg * upper_y, up_pos * upper_y + up_neg * lower_y)
-                state.lower_const = state.lower_const + _dot(lo_pos, planes.lower_const) + _dot(lo_neg, planes.upper_const)
-                state.upper_const = state.upper_const + _dot(up_pos, planes.upper_const) + _dot(up_neg, planes.lower_const)
-
-    def _relaxation(self, node: ir.Activation | ir.Product) -> Lines | Planes:
-        """Lines/planes of a nonlinear node, computed once from its input bounds."""
-        if node.name not in self.relaxations:
+    def relaxation(self, node: ir.Activation | ir.Product) -> LineForm | PlaneForm:
+        """Lines/planes of a nonlinear node in pull-back form, computed once from its input bounds."""
+        form = self.forms.get(node.name)
+        if form is None:
             assert self.relaxer is not None
             if isinstance(node, ir.Activation):
-                self.relaxations[node.name] = self.relaxer.activation(node.fn, *self.bounds[node.input])
+                form = LineForm.of(self.relaxer.activation(node.fn, *self.bounds[node.input]))
             else:
-                self.relaxations[node.name] = self.relaxer.product(
-                    node.left_fn, node.right_fn, *self.bounds[node.left], *self.bounds[node.right])
-        return self.relaxations[node.name]
+                form = PlaneForm.of(self.relaxer.product(node.left_fn, node.right_fn, *self.bounds[node.left],
+                                                         *self.bounds[node.right]))
+            self.forms[node.name] = form
+        return form
+
+    def region(self, name: str) -> Region:
+        return self.regions[name]
 
     # ---- the question asked --------------------------------------------------------------------
-    def bound(self, node: str, spec: Tensor | None = None) -> Bounds:
-        """Bounds of spec·value(node) (identity spec if None), (batch, m)."""
+    def bound(self, node: str, spec: Tensor | None = None, need_upper: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Bounds of spec·value(node) (identity spec if None), (batch, m); the upper bound is None
+        when not needed (e.g. certification margins)."""
         self.run(until=node)
         if self.relaxer is None:
             lower, upper = self.bounds[node]
-            if spec is None:
-                return lower, upper
-            return _linear_interval(spec, lower, upper)
-        lower, upper = self.backward(node, spec)
+            return (lower, upper) if spec is None else _linear_interval(spec, lower, upper)
+        lower, upper = self.backward(node, spec, need_upper=need_upper or spec is None)
         if spec is None:  # the interval estimate is also valid: keep the tighter of the two
             ibp_lower, ibp_upper = self.bounds[node]
             lower, upper = torch.maximum(lower, ibp_lower), torch.minimum(upper, ibp_upper)
         return lower, upper
 
 
-def _split(a: Tensor, slope_pos: Tensor, intercept_pos: Tensor,
-           slope_neg: Tensor, intercept_neg: Tensor) -> tuple[Tensor, Tensor]:
-    """Pull coefficients a (batch, m, n) back through elementwise lines: positive coefficients take
-    the first line, negative ones the second. Returns the input coefficients and the constant."""
-    pos, neg = a.clamp(min=0), a.clamp(max=0)
-    coefficients = pos * slope_pos.unsqueeze(1) + neg * slope_neg.unsqueeze(1)
-    return coefficients, _dot(pos, intercept_pos) + _dot(neg, intercept_neg)
+MAX_PASS_ROWS = 4096  # rows per backward pass; more (an input projection over all frames) run in chunks
 
 
-def _dot(a: Tensor, per_neuron: Tensor) -> Tensor:
-    """sum_n a[b, m, n] * v[b, n] -> (batch, m)."""
-    return torch.matmul(a, per_neuron.unsqueeze(-1)).squeeze(-1)
+def _chunks(rows: list[tuple[str, np.ndarray]], limit: int) -> list[list[tuple[str, np.ndarray]]]:
+    """Split start rows into passes of at most `limit` rows (a node's rows may span passes, in order)."""
+    chunks: list[list[tuple[str, np.ndarray]]] = [[]]
+    room = limit
+    for name, index in rows:
+        while len(index):
+            if room == 0:
+                chunks.append([])
+                room = limit
+            part, index = index[:room], index[room:]
+            chunks[-1].append((name, part))
+            room -= len(part)
+    return chunks
 
 
-def _affine_transpose(node: ir.Affine, a: Tensor) -> Tensor:
-    weight = constant(node.weight, a)
-    if weight.ndim == 1:
-        return a * weight
-    batch, m, width = a.shape
-    blocks = width // weight.shape[0]
-    return (a.reshape(batch, m, blocks, weight.shape[0]) @ weight).reshape(batch, m, blocks * weight.shape[1])
-
-
-def _affine_interval(node: ir.Affine, lower: Tensor, upper: Tensor) -> Bounds:
-    weight = constant(node.weight, lower)
-    mid, radius = (upper + lower) / 2, (upper - lower) / 2
-    if weight.ndim == 1:
-        out_mid, out_radius = mid * weight, radius * weight.abs()
+def _intersect(lower: Tensor, upper: Tensor, index: np.ndarray, crown_lower: Tensor, crown_upper: Tensor) -> Bounds:
+    """Interval bounds tightened by CROWN bounds on the rows `index`."""
+    if len(index) == lower.shape[1]:
+        new_lower, new_upper = torch.maximum(lower, crown_lower), torch.minimum(upper, crown_upper)
     else:
-        batch = mid.shape[0]
-        out_mid = (mid.reshape(batch, -1, weight.shape[1]) @ weight.T).reshape(batch, -1)
-        out_radius = (radius.reshape(batch, -1, weight.shape[1]) @ weight.abs().T).reshape(batch, -1)
-    if node.bias is not None:
-        out_mid = out_mid + constant(node.bias, lower)
-    return out_mid - out_radius, out_mid + out_radius
+        at = torch.as_tensor(index, device=lower.device)
+        new_lower, new_upper = lower.clone(), upper.clone()
+        new_lower[:, at] = torch.maximum(lower[:, at], crown_lower)
+        new_upper[:, at] = torch.minimum(upper[:, at], crown_upper)
+    return new_lower, torch.maximum(new_upper, new_lower)  # guard against rounding crossing
 
 
 def _linear_interval(spec: Tensor, lower: Tensor, upper: Tensor) -> Bounds:
     mid, radius = (upper + lower) / 2, (upper - lower) / 2
-    center = torch.einsum("bmn,bn->bm", spec, mid)
-    spread = torch.einsum("bmn,bn->bm", spec.abs(), radius)
+    center = torch.matmul(spec, mid.unsqueeze(-1)).squeeze(-1)
+    spread = torch.matmul(spec.abs(), radius.unsqueeze(-1)).squeeze(-1)
     return center - spread, center + spread
