@@ -19,7 +19,8 @@ _PUBLIC = {
     "InputError": "verifier.errors",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = ["Budget", "InputError", "ModelFileError", "UnsupportedOperator", "bind_shapes", "convert_model",
+           "load_onnx", "read_model"]
 
 
 def __getattr__(name: str) -> Any:

@@ -86,7 +86,7 @@ def body_cost(graph: onnx.GraphProto, outer: Callable[[str], np.ndarray | None] 
         cost += 1
         if node.op_type not in ("Loop", "Scan", "If"):
             continue
-        resolve = lambda name, known=known: known[name] if name in known else outer(name)  # noqa: E731
+        resolve = lambda name, known=known: known[name] if name in known else outer(name)
         inner = max((body_cost(attr.g, resolve) for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH),
                     default=0)
         trips = resolve(node.input[0]) if node.op_type == "Loop" and node.input and node.input[0] else None

@@ -143,7 +143,7 @@ def tensor_value(tensor: onnx.TensorProto | onnx.SparseTensorProto, max_elements
                              "(raise it with load_onnx(..., max_elements=...))")
     try:
         value = _sparse_to_dense(tensor) if sparse else onnx.numpy_helper.to_array(tensor)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (whatever a malformed tensor raises, the file is at fault)
         raise ModelFileError(f"{kind} {name!r} cannot be read: {type(exc).__name__}: {exc}") from None
     if value.dtype.kind in "fc" and not np.isfinite(value).all():
         raise ModelFileError(f"{kind} {name!r} contains NaN or infinite values")

@@ -1,3 +1,10 @@
 """One module per op family; importing them registers their converters."""
 
-from parsers.ops import comparison, control_flow, elementwise, linear, movement, recurrent  # noqa: F401
+from parsers.ops import (  # noqa: F401
+    comparison,
+    control_flow,
+    elementwise,
+    linear,
+    movement,
+    recurrent,
+)

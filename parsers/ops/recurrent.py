@@ -308,7 +308,7 @@ def lstm(node, inputs, ctx: Context):
             pre = u.recurrent(u.step_slice(projected, t, 4 * hidden, "x"), recurrence[d], h, t, "gates")
             gate = {name: u.gate(pre, k, hidden, t, name) for k, name in enumerate(("input", "output", "forget", "cell"))}
             if peepholes is not None:
-                p_i, p_o, p_f = np.split(peepholes[d], 3)
+                p_i, _, p_f = np.split(peepholes[d], 3)
                 gate["input"] = u.add(gate["input"], u.product(p_i, c, f"{tag}/t{t}/peep_i"), f"{tag}/t{t}/input_peep")
                 gate["forget"] = u.add(gate["forget"], u.product(p_f, c, f"{tag}/t{t}/peep_f"), f"{tag}/t{t}/forget_peep")
             i_pre = u.clip(gate["input"], clip, t, "input")

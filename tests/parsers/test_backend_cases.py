@@ -27,7 +27,7 @@ def collect(module_name: str) -> list[tuple[str, onnx.NodeProto, list, list, lis
     module.expect = expect
     try:
         for _, case in inspect.getmembers(module, inspect.isclass):
-            for attribute, function in vars(case).items():
+            for attribute in vars(case):
                 if attribute.startswith("export"):
                     getattr(case, attribute)()
     finally:
@@ -62,6 +62,6 @@ def test_recurrent_backend_cases(case, tmp_path):
     for expected, value in zip(outputs, got):
         assert np.shape(expected) == value.shape
         assert np.abs(np.asarray(expected, dtype=np.float64) - value).max() <= 1e-5
-    concrete, taken = graph.specialize(feeds)
+    _, taken = graph.specialize(feeds)
     assert {"W", "R"} <= set(feeds) - set(taken)  # held fixed, not graph inputs any more
     assert node.input[0] in taken

@@ -17,7 +17,12 @@ import verifier
 from parsers.builder import GraphBuilder
 from verifier import ir
 from verifier.cli import main
-from verifier.errors import InputError, ModelFileError, PopqornError, UnsupportedOperator
+from verifier.errors import (
+    InputError,
+    ModelFileError,
+    PopqornError,
+    UnsupportedOperator,
+)
 
 MAX_TRACED_BYTES = 64 * 1024 * 1024
 F, H = 3, 4

@@ -34,7 +34,8 @@ print(json.dumps({"nodes": [len(static.nodes), len(concrete.nodes), len(held.nod
 
 
 def test_front_end_loads_models_with_torch_and_onnxruntime_blocked():
-    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(count > 10 for count in report["nodes"])

@@ -58,7 +58,6 @@ def make_model(op: str, opset: int = 14, seed: int = 0, direction: str = "forwar
     if hidden_size:
         attributes["hidden_size"] = H
     nodes = []
-    x_name = "X"
     if transpose_twin:  # [B, T, I] input fed through a Transpose to a layout-0 node
         nodes.append(helper.make_node("Transpose", ["X"], ["Xt"], perm=[1, 0, 2]))
         names[0] = "Xt"

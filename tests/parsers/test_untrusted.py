@@ -206,6 +206,6 @@ def test_check_refuses_bad_sample_files(tmp_path, capsys):
     (tmp_path / "pickle.npy").write_bytes(b"\x93NUMPY garbage")
     for name, message in [("short.npy", "shape"), ("nox.npz", "needs 'x'"), ("nan.npy", "NaN"),
                           ("missing.npy", "not found"), ("pickle.npy", "cannot read"), ("data.txt", ".npy or .npz")]:
-        code, out, err = run_cli(capsys, "check", model, "--input", tmp_path / name)
+        code, _, err = run_cli(capsys, "check", model, "--input", tmp_path / name)
         assert code == InputError.exit_code and message in err, (name, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1

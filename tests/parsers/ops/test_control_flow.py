@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -18,7 +19,7 @@ def _value(name, shape, elem=TensorProto.FLOAT):
     return helper.make_tensor_value_info(name, elem, shape)
 
 
-def rnn_step_body(with_counter: bool) -> "onnx.GraphProto":  # noqa: F821
+def rnn_step_body(with_counter: bool) -> onnx.GraphProto:
     """h' = tanh(h W + x_t U), written as a Loop body (iteration, condition, h) or a Scan body (h, x_t)."""
     rng = np.random.default_rng(0)
     weights = [numpy_helper.from_array(rng.uniform(-1, 1, (F, F)).astype(np.float32), n) for n in ("W", "U")]
