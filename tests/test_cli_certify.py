@@ -47,7 +47,8 @@ def test_table_summary_and_files(model, capsys):
     report = json.loads((folder / "r.json").read_text())
     assert [s["index"] for s in report["samples"]] == [1, 2, 3, 4]
     assert {"index", "label", "predicted", "radius", "per_frame_radius", "time_s", "misclassified"} <= set(report["samples"][0])
-    assert report["norm"] == "2" and report["ball"] == "frame" and report["frames"] == "all" and report["method"] == "popqorn"
+    assert report["norm"] == "2" and report["ball"] == "frame" and report["frames"] == "all"
+    assert report["method"] == "crown" and report["dtype"] == "float64"  # the engine's defaults
     assert len(report["samples"][0]["per_frame_radius"]) == models.STEPS
     rows = list(csv.DictReader(open(folder / "r.csv")))
     assert len(rows) == 4 and float(rows[0]["radius"]) == pytest.approx(report["samples"][0]["radius"])

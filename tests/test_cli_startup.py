@@ -63,9 +63,3 @@ def test_version_is_the_installed_one(capsys):
         main(["--version"])
     assert exit.value.code == 0
     assert capsys.readouterr().out.strip() == f"popqorn {metadata.version('popqorn')}"
-
-
-def test_light_choices_match_the_engine():
-    from verifier import bounds, threat
-    from verifier.commands import options
-    assert set(options.METHODS) == set(bounds.METHODS) and set(options.BALLS) == set(threat.BALLS)

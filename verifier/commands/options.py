@@ -21,17 +21,16 @@ from verifier.commands.samples import (  # noqa: F401 (re-exported)
     read_input_array,
 )
 from verifier.errors import InputError
+from verifier.methods import DEFAULT_METHOD, METHODS
+from verifier.threat import BALLS
 
 if TYPE_CHECKING:  # the engine (torch) is imported by the functions that need it, not on import
     import torch
 
     from verifier.threat import ThreatModel
 
-# Choices shown by --help without importing the engine; tests/test_cli_startup.py checks that they
-# equal verifier.bounds.METHODS and verifier.threat.BALLS.
-METHODS = ("popqorn", "crown", "ibp")
-BALLS = ("frame", "sequence")
 DTYPE_NAMES = ("float32", "float64")
+DEFAULT_DTYPE = "float64"  # the engine's own default: bounds that do not depend on the batch's other samples
 
 MAX_THREADS = 1024
 MAX_SAMPLE_ELEMENTS = 2**24  # per sample (an --input-shape beyond it is a typo, not a model)
@@ -74,10 +73,13 @@ def add_threat(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="popqorn", choices=METHODS,
-                        help="popqorn: joint 2-D planes for gate products; crown: McCormick products; ibp: intervals")
+    parser.add_argument("--method", default=DEFAULT_METHOD.value, choices=METHODS,
+                        help=f"crown: activation lines and McCormick products; popqorn: POPQORN's joint 2-D planes for "
+                             f"the gate products (tighter on LSTM/GRU, slower); ibp: intervals "
+                             f"(default {DEFAULT_METHOD.value})")
     add_device(parser)
-    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="engine precision (default float32)")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES,
+                        help=f"engine precision (default {DEFAULT_DTYPE})")
     add_threads(parser)
 
 
