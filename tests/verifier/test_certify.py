@@ -113,3 +113,42 @@ def test_misclassified_samples_get_radius_zero_and_a_flag(lstm, samples):
     assert all(r.misclassified and r.radius == 0.0 for r in results)
     assert [r.predicted for r in results] == predicted.tolist()
     assert all(r.to_json()["misclassified"] for r in results)
+
+
+def _synthetic(kind: str):
+    """Worst-margin curves in eps with known zero crossings."""
+    roots = torch.tensor([0.03, 0.3, 2.0, 0.007], dtype=torch.float64)
+
+    def margin(rows, eps):
+        r = roots[rows]
+        eps = eps.double()
+        if kind == "linear":
+            return 1 - eps / r
+        if kind == "concave":
+            return 1 - (eps / r) ** 2
+        # kinked and locally non-monotone: the slope changes abruptly, with a small bump
+        return torch.where(eps < 0.6 * r, 1 - eps / r, 0.4 - 3 * (eps - 0.6 * r) / r) + 0.02 * torch.sin(40 * eps / r)
+    return roots, margin
+
+
+@pytest.mark.parametrize("kind", ["linear", "concave", "kinked"])
+def test_search_finds_certified_radii_within_tolerance_in_few_calls(kind):
+    from verifier.certify import search_radius
+
+    roots, margin = _synthetic(kind)
+    calls = []
+    counted = lambda rows, eps: calls.append(len(rows)) or margin(rows, eps)
+    options = SearchOptions(tol=1e-3)
+    radii = search_radius(counted, margin(torch.arange(4), torch.zeros(4)), options, torch.device("cpu"), torch.float64)
+    assert (margin(torch.arange(4), radii) > 0).all()  # every radius is certified
+    for k in range(4):  # and within the tolerance of a refuted eps
+        grid = torch.linspace(float(radii[k]), float(radii[k]) * (1 + 1.5e-3), 50, dtype=torch.float64)
+        assert (margin(torch.full((50,), k), grid) <= 0).any()
+    assert len(calls) <= (16 if kind == "kinked" else 12)  # doubling + bisection needs 14-20 here
+
+
+def test_radii_do_not_depend_on_the_batch(lstm, samples):
+    _, graph = lstm
+    together = [r.radius for r in certify(graph, samples, 2.0)]
+    alone = [certify(graph, samples[k:k + 1], 2.0)[0].radius for k in range(len(samples))]
+    assert together == alone
