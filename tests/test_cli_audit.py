@@ -190,6 +190,8 @@ def test_torn_last_line_is_dropped_and_redone(tmp_path):
     with open(path, "a") as handle:
         handle.write('{"index": 2, "rad')  # a write cut short
     reopened = Journal.open(str(path), {"model": "m"})
+    with pytest.raises(InputError, match="being written by another popqorn audit"):
+        Journal.open(str(path), {"model": "m"})
     reopened.close()
     assert reopened.dropped_torn_line and sorted(reopened.rows) == [0, 1]
     assert path.read_text().endswith('"error": "InputError: x"}\n')

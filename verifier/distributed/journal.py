@@ -55,22 +55,25 @@ class Journal:
 
     @classmethod
     def open(cls, path: str, config: dict, extra_header: dict | None = None) -> Journal:
-        """Open `path` for appending: read what is there (refusing another audit's file) or start
-        it with a header line."""
+        """Open `path` for appending, locked against a second audit writing it at the same time:
+        read what is there (refusing another audit's file) or start it with a header line."""
         if os.path.isdir(path):
             raise InputError(f"--out {path} is a folder; give a file name such as audit.jsonl")
         journal = cls(path, json.loads(json.dumps(config)))  # as it reads back: tuples become lists
-        if os.path.exists(path):
-            journal._read()
-        fresh = not os.path.exists(path) or os.path.getsize(path) == 0
         try:
             journal._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise InputError(f"cannot write the audit journal {path}: {exc.strerror}") from None
-        if fresh:
-            header = {"popqorn_audit": FORMAT, "config": config,
-                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra_header or {})}
-            journal._write([header])
+        try:
+            _lock(journal._fd, path)
+            journal._read()
+            if os.path.getsize(path) == 0:
+                journal._write([{"popqorn_audit": FORMAT, "config": journal.config,
+                                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 **(extra_header or {})}])
+        except BaseException:
+            journal.close()
+            raise
         return journal
 
     def append(self, rows: list[dict]) -> None:
@@ -122,3 +125,15 @@ class Journal:
             changed = sorted(key for key in set(theirs) | set(self.config) if theirs.get(key) != self.config.get(key))
             details = "; ".join(f"{key}: {theirs.get(key)!r} there, {self.config.get(key)!r} now" for key in changed)
             raise InputError(f"{self.path} belongs to another audit ({details}); give another --out to start a new one")
+
+
+def _lock(fd: int, path: str) -> None:
+    """An exclusive advisory lock for as long as the journal is open (POSIX; elsewhere none)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise InputError(f"{path} is being written by another popqorn audit; wait for it or give another --out") from None

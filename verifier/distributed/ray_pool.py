@@ -110,13 +110,14 @@ def run_on_ray(graph, job: AuditJob, shards: list[Shard], take: Callable, record
         actors = [spawn() for _ in range(min(workers, len(shards)))]
         running: dict = {}
 
-        def submit(slot: int) -> None:
-            if queue:
-                shard = queue.popleft()
-                running[actors[slot].certify.remote(shard.indices, *take(shard))] = (slot, shard)
+        def submit_to_idle() -> None:
+            busy = {slot for slot, _ in running.values()}
+            for slot in range(len(actors)):
+                if queue and slot not in busy:
+                    shard = queue.popleft()
+                    running[actors[slot].certify.remote(shard.indices, *take(shard))] = (slot, shard)
 
-        for slot in range(len(actors)):
-            submit(slot)
+        submit_to_idle()
         losses_in_a_row = 0
         while running:
             (ref,), _ = ray.wait(list(running), num_returns=1)
@@ -139,7 +140,7 @@ def run_on_ray(graph, job: AuditJob, shards: list[Shard], take: Callable, record
                     queue.extendleft(reversed(shard.singles()))
             if rows:
                 record(rows)
-            submit(slot)
+            submit_to_idle()  # requeued samples may go to any idle worker
     finally:
         for actor in actors:
             ray.kill(actor)
