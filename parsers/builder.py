@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from verifier import activations, ir
+from verifier.canonical import canonicalize
 from verifier.ir import ActivationFn
 
 
@@ -124,10 +125,11 @@ class GraphBuilder:
 
     # -- finishing ----------------------------------------------------------------------
     def build(self, outputs: list[ir.Output], **info) -> ir.Graph:
-        """Keep only nodes the outputs depend on (inputs always stay), in emission order."""
+        """Keep only nodes the outputs depend on (inputs always stay), in emission order, then write
+        the graph in the canonical gate algebra (verifier.canonical), whatever the exporter wrote."""
         live = {out.node for out in outputs}
         for node in reversed(list(self.nodes.values())):
             if node.name in live:
                 live.update(ir.node_inputs(node))
         kept = tuple(n for n in self.nodes.values() if n.name in live or isinstance(n, ir.Input))
-        return ir.Graph(nodes=kept, inputs=tuple(self.inputs), outputs=tuple(outputs), **info)
+        return canonicalize(ir.Graph(nodes=kept, inputs=tuple(self.inputs), outputs=tuple(outputs), **info))
