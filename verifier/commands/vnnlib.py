@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 from verifier.commands import options
@@ -27,7 +26,6 @@ from verifier.vnnlib.deadline import Deadline, command_start_time
 from verifier.vnnlib.instance import (
     METHODS,
     answer_json,
-    check_output_path,
     decide,
     write_result,
 )
@@ -47,9 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cases", type=int, default=MAX_TERMS,
                         help=f"cap on the cases of the property's disjunctive normal form (default {MAX_TERMS:,})")
     parser.add_argument("--seed", type=int, default=0, help="attack seed")
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="CPU threads for torch and onnxruntime (default 1: the engine works on many small "
-                             "tensors, where more threads mostly wait on each other; 0 = one per core)")
+    options.add_threads(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--prepare", action="store_true",
                         help="only load the model and read the property (exit 0 when popqorn can take the instance)")
@@ -65,9 +61,7 @@ def run(args: argparse.Namespace) -> int:
     timeout = None if args.timeout is None else options.parse_float(args.timeout, "--timeout")
     if args.max_boxes < 1 or args.max_cases < 1:
         raise InputError("--max-boxes and --max-cases must be at least 1")
-    if not 0 <= args.threads <= 1024:
-        raise InputError(f"--threads must be 0 (one per core) or a count up to 1024, not {args.threads}")
-    args.threads = args.threads or (os.cpu_count() or 1)
+    args.threads = options.threads_from(args)
     if args.instances:
         if args.model or args.property or args.out or args.prepare:
             raise PopqornError("--instances takes no MODEL/PROPERTY, --out or --prepare (each row names its own)")
@@ -76,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         return run_instances(args, default_timeout=timeout)
     if not args.model or not args.property:
         raise PopqornError("give MODEL and PROPERTY, or --instances CSV")
-    check_output_path(args.out, "--out")
+    options.check_output_path(args.out, "--out")
     if args.prepare or getattr(args, "debug", False):
         return _in_process(args, started, timeout)
     from verifier.vnnlib.instances import (

@@ -10,7 +10,6 @@ import json
 import os
 import time
 
-from verifier.errors import InputError
 from verifier.vnnlib.deadline import Deadline, Timeout
 from verifier.vnnlib.reader import MAX_TERMS
 
@@ -72,16 +71,3 @@ def write_result(path: str | None, text: str) -> None:
     with open(partial, "w") as handle:
         handle.write(text)
     os.replace(partial, path)
-
-
-def check_output_path(path: str | None, flag: str) -> None:
-    """Refuse an unusable output path before any work."""
-    if path is None:
-        return
-    if not path.strip() or os.path.isdir(path):
-        raise InputError(f"{flag} {path!r}: give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"{flag} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{flag} {path}: folder {folder} is not writable")

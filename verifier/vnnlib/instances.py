@@ -27,7 +27,7 @@ from pathlib import Path
 
 from verifier import errors
 from verifier.errors import InputError, PopqornError
-from verifier.vnnlib.instance import check_output_path, write_result
+from verifier.vnnlib.instance import write_result
 
 GRACE_S = 0.5  # after the deadline the parent waits this long for the worker's answer, then kills it
 READY_LIMIT_S = 300.0  # a worker that cannot even start in this time is broken
@@ -171,6 +171,8 @@ def run_instances(args, default_timeout: float | None) -> int:
     """`popqorn vnnlib --instances CSV`: one result file per row, a summary CSV, a progress bar."""
     from tqdm import tqdm
 
+    from verifier.commands.options import check_output_path
+
     csv_path = Path(args.instances)
     rows = read_instances(csv_path, default_timeout)
     results_dir = Path(args.results_dir) if args.results_dir else csv_path.parent / "results"
@@ -182,7 +184,7 @@ def run_instances(args, default_timeout: float | None) -> int:
     except OSError as exc:
         raise InputError(f"--results-dir {results_dir}: {exc.strerror or exc}") from None
     check_output_path(str(results_dir / "result.txt"), "--results-dir")
-    check_output_path(str(summary_path), "--summary")
+    check_output_path(str(summary_path), "--summary", (".csv",))
     options = worker_options(args)
     counts: dict[str, int] = {}
     records = []
