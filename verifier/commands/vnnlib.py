@@ -17,7 +17,6 @@ popqorn can take the instance: VNN-COMP's prepare_instance.sh)."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from verifier.commands import options
@@ -25,8 +24,10 @@ from verifier.errors import InputError, PopqornError
 from verifier.vnnlib.deadline import Deadline, command_start_time
 from verifier.vnnlib.instance import (
     METHODS,
-    answer_json,
     decide,
+    reply_json,
+    reply_of,
+    result_text,
     write_result,
 )
 from verifier.vnnlib.reader import MAX_TERMS
@@ -76,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     from verifier.vnnlib.instances import (
         raise_reply_error,
         request_for,
-        result_text,
         run_instance,
         worker_options,
     )
@@ -86,15 +86,12 @@ def run(args: argparse.Namespace) -> int:
     if worker is not None:
         worker.close()
     raise_reply_error(reply)
-    text = result_text(reply)
-    write_result(args.out, text)
-    if args.json:
-        print(json.dumps({"result": reply["result"], "version": reply.get("version"), "boxes": reply.get("boxes", 0),
-                          "time_s": round(time.time() - started, 4), "reason": reply.get("reason", ""),
-                          "phases": reply.get("phases", {}),
-                          "counterexample": None if reply.get("x") is None else {"x": reply["x"], "y": reply["y"]}}))
-    else:
-        print(text, end="")
+    return _report(args, reply, started)
+
+
+def _report(args: argparse.Namespace, reply: dict, started: float) -> int:
+    write_result(args.out, result_text(reply))
+    print(reply_json(reply, time.time() - started) if args.json else result_text(reply), end="\n" if args.json else "")
     return 0
 
 
@@ -107,7 +104,4 @@ def _in_process(args: argparse.Namespace, started: float, timeout: float | None)
     if args.prepare:
         print(f"ok: {args.model} with {args.property} (VNN-LIB {prop.version}, {len(prop.cases)} input boxes)")
         return 0
-    write_result(args.out, answer.result_text())
-    print(answer_json(answer, prop, time.time() - started) if args.json else answer.result_text(),
-          end="\n" if args.json else "")
-    return 0
+    return _report(args, reply_of(answer, prop), started)

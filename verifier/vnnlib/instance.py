@@ -56,11 +56,28 @@ def decide(model_path: str, property_path: str, deadline: Deadline, *, input_sha
     return answer, prop
 
 
-def answer_json(answer, prop, wall_s: float) -> str:
-    return json.dumps({"result": answer.status, "version": None if prop is None else prop.version,
-                       "boxes": answer.boxes, "time_s": round(wall_s, 4), "reason": answer.reason,
-                       "phases": {k: round(v, 4) for k, v in answer.phases.items()},
-                       "counterexample": None if answer.x is None else {"x": answer.x.tolist(), "y": answer.y.tolist()}})
+def reply_of(answer, prop) -> dict:
+    """An answer as the plain dict the worker sends back (also used in-process)."""
+    return {"result": answer.status, "version": None if prop is None else prop.version, "boxes": answer.boxes,
+            "reason": answer.reason, "phases": {k: round(v, 4) for k, v in answer.phases.items()},
+            "x": None if answer.x is None else answer.x.tolist(), "y": None if answer.y is None else answer.y.tolist()}
+
+
+def result_text(reply: dict) -> str:
+    """The result file VNN-COMP's run_instance.sh expects: the answer word, and for `sat` the
+    counterexample ((X_0 v) ... (Y_0 v) ...) with every value exact (shortest float64 repr)."""
+    if reply["result"] != "sat":
+        return reply["result"] + "\n"
+    pairs = [f"(X_{k} {v!r})" for k, v in enumerate(reply["x"])] + [f"(Y_{k} {v!r})" for k, v in enumerate(reply["y"])]
+    return "sat\n(" + "\n ".join(pairs) + ")\n"
+
+
+def reply_json(reply: dict, wall_s: float) -> str:
+    """`popqorn vnnlib --json`: result, version, boxes, time_s (since the process started), reason,
+    phases (seconds bounding / attacking / checking centres), counterexample {x, y} or null."""
+    return json.dumps({"result": reply["result"], "version": reply.get("version"), "boxes": reply.get("boxes", 0),
+                       "time_s": round(wall_s, 4), "reason": reply.get("reason", ""), "phases": reply.get("phases", {}),
+                       "counterexample": None if reply.get("x") is None else {"x": reply["x"], "y": reply["y"]}})
 
 
 def write_result(path: str | None, text: str) -> None:

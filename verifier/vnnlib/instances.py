@@ -27,7 +27,7 @@ from pathlib import Path
 
 from verifier import errors
 from verifier.errors import InputError, PopqornError
-from verifier.vnnlib.instance import write_result
+from verifier.vnnlib.instance import result_text, write_result
 
 GRACE_S = 0.5  # after the deadline the parent waits this long for the worker's answer, then kills it
 READY_LIMIT_S = 300.0  # a worker that cannot even start in this time is broken
@@ -132,14 +132,6 @@ def raise_reply_error(reply: dict) -> None:
     if isinstance(cls, type) and issubclass(cls, PopqornError):
         raise cls(reply["error"])
     raise RuntimeError(reply.get("error", "worker error"))
-
-
-def result_text(reply: dict) -> str:
-    """The VNN-COMP result file for a reply."""
-    if reply["result"] != "sat":
-        return reply["result"] + "\n"
-    pairs = [f"(X_{k} {v!r})" for k, v in enumerate(reply["x"])] + [f"(Y_{k} {v!r})" for k, v in enumerate(reply["y"])]
-    return "sat\n(" + "\n ".join(pairs) + ")\n"
 
 
 # ---- the instance list --------------------------------------------------------------------------
@@ -251,7 +243,7 @@ def worker_main() -> None:
     import parsers  # noqa: F401
     from verifier.vnnlib import solve  # noqa: F401
     from verifier.vnnlib.deadline import Deadline
-    from verifier.vnnlib.instance import decide
+    from verifier.vnnlib.instance import decide, reply_of
 
     send({"ready": True})
     for line in sys.stdin:
@@ -261,10 +253,7 @@ def worker_main() -> None:
             answer, prop = decide(request["model"], request["property"], Deadline(request["deadline"]),
                                   input_shapes=shapes, method=request["method"], max_boxes=request["max_boxes"],
                                   max_cases=request["max_cases"], seed=request["seed"], threads=request["threads"])
-            reply = {"result": answer.status, "version": None if prop is None else prop.version, "boxes": answer.boxes,
-                     "reason": answer.reason, "phases": answer.phases, "solve_s": answer.time_s,
-                     "x": None if answer.x is None else answer.x.tolist(),
-                     "y": None if answer.y is None else answer.y.tolist()}
+            reply = reply_of(answer, prop)
         except PopqornError as exc:
             reply = {"result": "error", "error": str(exc), "error_class": type(exc).__name__, "exit_code": exc.exit_code}
         except Exception as exc:  # noqa: BLE001 - reported to the parent as an internal error
@@ -280,7 +269,7 @@ def _die_with_parent() -> None:
         import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         pass
 
 

@@ -50,12 +50,10 @@ class Answer:
     reason: str = ""
 
     def result_text(self) -> str:
-        """The result file VNN-COMP's run_instance.sh expects."""
-        if self.status != "sat":
-            return self.status + "\n"
-        pairs = [f"(X_{k} {v!r})" for k, v in enumerate(self.x.tolist())]
-        pairs += [f"(Y_{k} {v!r})" for k, v in enumerate(self.y.tolist())]
-        return "sat\n(" + "\n ".join(pairs) + ")\n"
+        """The result file VNN-COMP's run_instance.sh expects (verifier.vnnlib.instance.result_text)."""
+        from verifier.vnnlib.instance import reply_of, result_text
+
+        return result_text(reply_of(self, None))
 
 
 @dataclass
