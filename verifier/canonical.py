@@ -1,10 +1,11 @@
 """One canonical gate algebra: algebraically equal cells get the same IR whatever the exporter wrote.
 
-Why: the engine relaxes what the graph says. One set of GRU weights exported by torch (native GRU
-node), a torch GRUCell loop ((h - n)*z + n), Keras 3 (z*h + (1 - z)*n) or a converter that applies
-one sigmoid to all gates and slices afterwards gave certified radii up to 5 % apart, only because
-1 - sigmoid(u) is a McCormick product while sigmoid(-u) is a fused gate, and so on. `canonicalize`
-rewrites every such spelling into one form before anything is bounded:
+Why: the engine relaxes what the graph says. One set of GRU weights exported as a native GRU node
+(sigmoid(-u)*n + sigmoid(u)*h), as a torch GRUCell loop ((h - n)*z + n) or by Keras 3
+(z*h + (1 - z)*n) gave certified radii up to 5.7 % apart, only because (1 - sigmoid(u)) is an affine
+value and not a fusable gate, (h - n) couples n into a second product, and so on; a converter that
+applies one sigmoid to all gates and slices afterwards hides the sigmoid from the products.
+`canonicalize` rewrites every such spelling into one form before anything is bounded:
 
 - 1 - sigmoid(u) (an elementwise Affine -1, +1 of a sigmoid)       -> sigmoid(-u)
 - Select/Concat routing between an activation and its consumer    -> the activation applied after
@@ -39,7 +40,7 @@ from verifier.ir import Act, ActivationFn
 
 # "gates": sigmoid(-u)*n + sigmoid(u)*h (two fused products); "difference": n + sigmoid(u)*(h - n) (one
 # sigmoid*y product, n also relaxed on its own). "gates" certified 1.5-6 % larger mean radii on three
-# trained GRUs with both crown and popqorn, 30 % on a random one (python -m benchmarks.exporters).
+# trained GRUs with both crown and popqorn, 28-33 % on a random one (python -m benchmarks.exporters).
 GRU_UPDATE_FORM = "gates"
 
 
