@@ -90,6 +90,9 @@ def lirpa_margins(module, x: np.ndarray, labels: np.ndarray, eps: float, method:
 
 
 def bisect(certified, lo: float = 0.0, hi: float = 0.1, tol: float = 1e-3) -> float:
+    """Largest certified radius to `tol` (relative), from a bracket guess [lo, hi]."""
+    if lo > 0 and not certified(lo):
+        lo, hi = 0.0, lo
     while certified(hi):
         lo, hi = hi, hi * 2
     while hi - lo > tol * hi:
@@ -105,6 +108,8 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.01)
     parser.add_argument("--methods", default="crown,popqorn")
     parser.add_argument("--no-alpha", action="store_true", help="skip auto_LiRPA's alpha-CROWN (slow)")
+    parser.add_argument("--no-crown", action="store_true", help="skip auto_LiRPA's CROWN")
+    parser.add_argument("--tol", type=float, default=1e-3, help="relative tolerance of auto_LiRPA's radius bisection")
     parser.add_argument("--out")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -136,12 +141,15 @@ def main() -> None:
 
     def theirs(method: str):
         started = time.perf_counter()
-        radii = [bisect(lambda e, k=k: lirpa_margins(module, x[k:k + 1], labels[k:k + 1], e, method).min() > 0)
-                 for k in range(len(x))]
+        crown = report["methods"].get("popqorn crown", {}).get("radius")
+        guess = (lambda k: (crown[k], crown[k] * 1.4)) if crown else (lambda k: (0.0, 0.1))
+        radii = [bisect(lambda e, k=k: lirpa_margins(module, x[k:k + 1], labels[k:k + 1], e, method).min() > 0,
+                        *guess(k), tol=args.tol) for k in range(len(x))]
         return lirpa_margins(module, x, labels, args.eps, method), radii, time.perf_counter() - started
 
     runs = {f"popqorn {m}": (lambda m=m: ours(m)) for m in args.methods.split(",")}
-    runs["auto_LiRPA CROWN"] = lambda: theirs("CROWN")
+    if not args.no_crown:
+        runs["auto_LiRPA CROWN"] = lambda: theirs("CROWN")
     if not args.no_alpha:
         runs["auto_LiRPA alpha-CROWN"] = lambda: theirs("alpha-CROWN")
     for name, run in runs.items():

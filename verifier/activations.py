@@ -64,12 +64,14 @@ def _full_like(x: Tensor, value: float) -> Tensor:
     return x.new_full(x.shape, value)
 
 
-def _s_shaped_stationary(solve: Callable[[Tensor], Tensor]):
-    """Critical points of an odd-symmetric S-shaped f: x0 >= 0 with f'(±x0) = k (none when no
-    solution: the candidates collapse to 0, which only repeats a point)."""
+def _s_shaped_stationary(solve: Callable[[Tensor], Tensor], k_max: float):
+    """Critical points of an odd-symmetric S-shaped f: x0 >= 0 with f'(±x0) = k. Slopes outside
+    (0, max f') have no solution; they are clamped into the range, which only adds a point of the
+    interval as a candidate (a candidate can never lower the minimum below the true one) and keeps
+    every value and gradient finite for the optimised mode."""
 
     def critical(fn: ActivationFn, k: Tensor, lower: Tensor, upper: Tensor, at: Callable) -> Points:
-        x0 = solve(k.clamp(min=1e-300)).nan_to_num(nan=0.0, posinf=0.0)
+        x0 = solve(k.clamp(min=1e-12, max=k_max * (1 - 1e-12)))
         return [at(x0), at(-x0)]
 
     return critical
@@ -81,7 +83,7 @@ def _sigmoid_derivative(x: Tensor, fn: ActivationFn) -> Tensor:
 
 
 def _sigmoid_stationary(k: Tensor) -> Tensor:  # s(1-s) = k  ->  s = (1 + sqrt(1 - 4k)) / 2
-    root = (1 - 4 * k).sqrt()
+    root = (1 - 4 * k).clamp(min=1e-24).sqrt()
     return root.log1p() - (-root).log1p()
 
 
@@ -90,7 +92,7 @@ def _softplus(x: Tensor, fn: ActivationFn) -> Tensor:
 
 
 def _softplus_critical(fn: ActivationFn, k: Tensor, lower: Tensor, upper: Tensor, at: Callable) -> Points:
-    return [at(k.clamp(1e-300, 1 - 1e-16).logit())]  # sigmoid(x) = k
+    return [at(k.clamp(1e-12, 1 - 1e-12).logit())]  # sigmoid(x) = k
 
 
 def _kink_at_zero(fn: ActivationFn, k: Tensor, lower: Tensor, upper: Tensor, at: Callable) -> Points:
@@ -134,13 +136,14 @@ def _elu_curvature(fn: ActivationFn) -> Curvature:
 
 _SPECS = (
     ActivationSpec(Act.SIGMOID, ("Sigmoid",), (), lambda x, f: x.sigmoid(), _sigmoid_derivative,
-                   _s_shaped_stationary(_sigmoid_stationary), _fixed(Curvature.S_SHAPED), _always(True),
+                   _s_shaped_stationary(_sigmoid_stationary, 0.25), _fixed(Curvature.S_SHAPED), _always(True),
                    joint_planes=True),
     ActivationSpec(Act.TANH, ("Tanh",), (), lambda x, f: x.tanh(), lambda x, f: 1 - x.tanh() ** 2,
-                   _s_shaped_stationary(lambda k: (1 - k).sqrt().atanh()), _fixed(Curvature.S_SHAPED),
+                   _s_shaped_stationary(lambda k: (1 - k).clamp(min=1e-24).sqrt().atanh(), 1.0),
+                   _fixed(Curvature.S_SHAPED),
                    _always(False), joint_planes=True),
     ActivationSpec(Act.SOFTSIGN, ("Softsign",), (), lambda x, f: x / (1 + x.abs()),
-                   lambda x, f: 1 / (1 + x.abs()) ** 2, _s_shaped_stationary(lambda k: 1 / k.sqrt() - 1),
+                   lambda x, f: 1 / (1 + x.abs()) ** 2, _s_shaped_stationary(lambda k: 1 / k.sqrt() - 1, 1.0),
                    _fixed(Curvature.S_SHAPED), _always(False)),
     ActivationSpec(Act.RELU, ("Relu",), (), lambda x, f: x.relu(), lambda x, f: (x > 0).to(x.dtype),
                    _kink_at_zero, _fixed(Curvature.CONVEX), _always(True)),

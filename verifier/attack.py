@@ -73,11 +73,11 @@ def pgd(graph: ir.Graph, batch: Batch, eps: Tensor, threat: ThreatModel, objecti
     radius = eps.detach().double().repeat(restarts)
     region = BallRegion(node, center, radius, threat)
     noise = (torch.rand(center.shape, generator=generator, dtype=torch.float64) * 2 - 1).to(center.device)
-    delta = project(node, noise * radius[:, None], radius, threat)
+    delta = project(node, noise * radius[:, None], radius, threat, center=center)
     delta[:count] = 0  # the first restart starts at the clean input
 
     def clamp(delta: Tensor) -> Tensor:
-        delta = project(node, delta, radius, threat)
+        delta = project(node, delta, radius, threat, center=center)  # onto ball ∩ domain
         if box is not None:
             low, high = (b.double().repeat(restarts, 1) for b in box)
             delta = torch.minimum(torch.maximum(center + delta, low), high) - center
@@ -117,8 +117,17 @@ def objective_tiled(objective: Objective, outputs: Tensor, restarts: int) -> Ten
     return torch.cat([objective(outputs[k * count:(k + 1) * count]) for k in range(restarts)])
 
 
-def inside_set(node: ir.Input, delta: np.ndarray, eps: np.ndarray, threat: ThreatModel, slack: float = 1e-6) -> np.ndarray:
-    """Whether each perturbation (batch, size) lies in the threat model's set (float slack)."""
+def inside_set(node: ir.Input, delta: np.ndarray, eps: np.ndarray, threat: ThreatModel, slack: float = 1e-6,
+               center: np.ndarray | None = None) -> np.ndarray:
+    """Whether each perturbation (batch, size) lies in the threat model's set (float slack); with a
+    domain, `center` (batch, size) is needed and center + delta must lie in it."""
+    in_domain = np.ones(len(delta), dtype=bool)
+    if threat.domain is not None:
+        if center is None:
+            raise ValueError("checking a point against a domain needs the centre")
+        low, high = threat.domain.flat(node)
+        point = center + delta
+        in_domain = ((point >= low - 1e-7) & (point <= high + 1e-7)).all(axis=1)
     frame_of = node.frame_of_element()
     perturbed = np.ones(node.num_frames, dtype=bool) if threat.frames is None else np.isin(np.arange(node.num_frames), threat.frames)
     fixed_ok = np.abs(delta[:, ~perturbed[frame_of]]).max(axis=1, initial=0.0) <= 1e-7
@@ -126,9 +135,9 @@ def inside_set(node: ir.Input, delta: np.ndarray, eps: np.ndarray, threat: Threa
     if threat.ball == "frame":
         norms = np.stack([np.linalg.norm(delta[:, frame_of == t], ord=threat.norm, axis=1)
                           for t in range(node.num_frames) if perturbed[t]], axis=1)
-        return fixed_ok & (norms <= limit[:, None]).all(axis=1)
+        return in_domain & fixed_ok & (norms <= limit[:, None]).all(axis=1)
     chosen = delta[:, perturbed[frame_of]]
-    return fixed_ok & (np.linalg.norm(chosen, ord=threat.norm, axis=1) <= limit)
+    return in_domain & fixed_ok & (np.linalg.norm(chosen, ord=threat.norm, axis=1) <= limit)
 
 
 def margins(outputs: np.ndarray, labels: np.ndarray, target: int | None) -> np.ndarray:
@@ -155,7 +164,8 @@ def find_counterexamples(graph: ir.Graph, model, batch: Batch, labels: np.ndarra
     adversarial = model.rounded(batch.node, adversarial.cpu().numpy())
     flat = {batch.node.name: adversarial, **{k: v.double().cpu().numpy() for k, v in batch.fixed.items()}}
     confirmed = margins(model.outputs(graph, flat, output), np.asarray(labels), target) < 0
-    inside = inside_set(batch.node, adversarial - batch.center.double().cpu().numpy(), np.asarray(eps, dtype=np.float64), threat)
+    center = batch.center.double().cpu().numpy()
+    inside = inside_set(batch.node, adversarial - center, np.asarray(eps, dtype=np.float64), threat, center=center)
     return AttackResult(found=confirmed & inside, adversarial=adversarial, objective=value.cpu().numpy())
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 from verifier import forward, ir
 from verifier.errors import InputError
 from verifier.methods import DEFAULT_METHOD, METHODS, Method, parse_method
+from verifier.optimize import OptimizeOptions, jointly_optimized_lower_bounds, optimized_lower_bounds
 from verifier.propagation import Propagator
 from verifier.regions import BallRegion, BoxRegion, PointRegion, Region
 from verifier.relaxations import RELAXERS, Relaxer
@@ -25,9 +26,12 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "Method", "bound_outputs", "bound_linear
 
 
 def relaxer_for(method: Method | str) -> Relaxer | None:
-    """The relaxation family of a method; None for IBP (intervals only)."""
+    """The relaxation family of a method's intermediate bounds; None for IBP (intervals only).
+    The optimised mode starts from CROWN's relaxations."""
     method = parse_method(method)
-    return None if method is Method.IBP else RELAXERS[method.value]
+    if method is Method.IBP:
+        return None
+    return RELAXERS["crown" if method is Method.ALPHA else method.value]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -88,7 +92,11 @@ def make_batch(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], *, input_
     node = perturbed_input(graph, input_name)
     feeds = dict(x) if isinstance(x, dict) else {node.onnx_name: x}
     graph, feeds = graph.specialize(feeds)
-    node = graph.input_named(node.onnx_name)
+    try:
+        node = graph.input_named(node.onnx_name)
+    except KeyError:
+        raise InputError(f"input {node.onnx_name!r} is held at its given value (the model uses it as a constant); "
+                         f"it cannot be the perturbed input") from None
     if len(feeds) != len(graph.inputs):
         missing = [n.onnx_name for n in graph.inputs if n.onnx_name not in feeds]
         raise InputError(f"the model also takes inputs {missing}; pass all inputs as a dict of arrays")
@@ -135,12 +143,13 @@ def output_node(graph: ir.Graph, output: int | str) -> ir.Output:
 def bound_outputs(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], eps: float | np.ndarray,
                   norm: float | str = math.inf, ball: str = "frame", frames=None, *,
                   domain: Domain | tuple | None = None, threat: ThreatModel | None = None,
-                  method: Method | str = DEFAULT_METHOD, output: int | str = 0, input_name: str | None = None,
+                  method: Method | str = DEFAULT_METHOD, optimize: OptimizeOptions | None = None,
+                  output: int | str = 0, input_name: str | None = None,
                   device=None, dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, np.ndarray]:
     """Certified (lower, upper) of one model output for every sample of `x` (stacked on the model
     input's batch axis) over the threat model (given as `threat`, or spelled out by norm, ball,
     frames and domain); arrays shaped like the output. A dropped trailing softmax is not applied:
-    the bounds are on the logits."""
+    the bounds are on the logits. `optimize` sets the effort of method alpha."""
     threat = ThreatModel.of(threat, norm=norm, ball=ball, frames=frames, domain=domain)
     relaxer = relaxer_for(method)
     batch = make_batch(graph, x, input_name=input_name, device=device, dtype=dtype)
@@ -149,14 +158,25 @@ def bound_outputs(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], eps: f
     radius = as_eps(eps, batch)
     out = output_node(graph, output)
     propagator = Propagator(graph, ball_regions(batch, radius, threat), relaxer)
-    with torch.inference_mode():
-        lower, upper = propagator.bound(out.node)
+    if parse_method(method) is Method.ALPHA:  # both sides: rows I (lower) and -I (minus the upper)
+        size = graph.sizes()[out.node]
+        eye = torch.eye(size, dtype=batch.center.dtype, device=batch.center.device)
+        spec = torch.cat([eye, -eye]).expand(batch.size, -1, -1)
+        both = _optimized(graph, ball_regions(batch, radius, threat), relaxer, out.node, spec, optimize)
+        with torch.no_grad():
+            propagator.run(until=out.node)
+            ibp_lower, ibp_upper = propagator.bounds[out.node]
+        lower, upper = torch.maximum(both[:, :size], ibp_lower), torch.minimum(-both[:, size:], ibp_upper)
+    else:
+        with torch.no_grad():
+            lower, upper = propagator.bound(out.node)
     return _to_output_layout(out, lower), _to_output_layout(out, upper)
 
 
 def bound_linear_box(graph: ir.Graph, lower: np.ndarray, upper: np.ndarray, spec: np.ndarray, *,
                      offset: np.ndarray | None = None, input_name: str | None = None, output_index: int = 0,
-                     method: Method | str = DEFAULT_METHOD, device=None, dtype: torch.dtype = torch.float64) -> np.ndarray:
+                     method: Method | str = DEFAULT_METHOD, optimize: OptimizeOptions | None = None,
+                     device=None, dtype: torch.dtype = torch.float64) -> np.ndarray:
     """Certified lower bounds of spec @ y + offset over the box lower <= x <= upper, where x is the
     flat C-order per-sample vector of the perturbed input and y the flattened output. lower/upper (n,)
     or stacked (B, n); spec (m, out_size); returns (m,) or (B, m). Other inputs must not exist."""
@@ -172,13 +192,26 @@ def bound_linear_box(graph: ir.Graph, lower: np.ndarray, upper: np.ndarray, spec
     out = output_node(graph, output_index)
     spec_t = torch.as_tensor(np.asarray(spec, dtype=np.float64), dtype=dtype, device=device)
     spec_t = spec_t.expand(box_lower.shape[0], *spec_t.shape[-2:])
-    propagator = Propagator(graph, {node.name: BoxRegion(box_lower, box_upper)}, relaxer_for(method))
-    with torch.inference_mode():
-        result, _ = propagator.bound(out.node, spec_t)
+    regions = {node.name: BoxRegion(box_lower, box_upper)}
+    propagator = Propagator(graph, regions, relaxer_for(method))
+    if parse_method(method) is Method.ALPHA:
+        result = _optimized(graph, regions, relaxer_for(method), out.node, spec_t, optimize)
+    else:
+        with torch.no_grad():
+            result, _ = propagator.bound(out.node, spec_t, need_upper=False)
     values = result.double().cpu().numpy()
     if offset is not None:
         values = values + np.asarray(offset, dtype=np.float64)
     return values[0] if single else values
+
+
+def _optimized(graph: ir.Graph, regions: dict[str, Region], relaxer: Relaxer, node: str, spec: Tensor,
+               optimize: OptimizeOptions | None) -> Tensor:
+    """Lower bounds of spec rows with the optimised mode's relaxations."""
+    optimize = optimize or OptimizeOptions()
+    if optimize.intermediate == "none":
+        return optimized_lower_bounds(Propagator(graph, regions, relaxer), node, spec, optimize)
+    return jointly_optimized_lower_bounds(lambda: Propagator(graph, regions, relaxer), node, spec, optimize)
 
 
 def _to_output_layout(out: ir.Output, values: Tensor) -> np.ndarray:

@@ -21,6 +21,7 @@ from verifier import forward, ir
 from verifier.bounds import Batch, ball_regions, check_threat, make_batch, output_node, relaxer_for
 from verifier.errors import InputError
 from verifier.methods import DEFAULT_METHOD, Method, parse_method
+from verifier.optimize import OptimizeOptions, Tuning, jointly_optimized_lower_bounds, optimized_lower_bounds
 from verifier.propagation import Propagator
 from verifier.threat import Domain, ThreatModel
 
@@ -35,6 +36,7 @@ class SearchOptions:
     tol: float = 1e-3  # relative width of the final bracket
     start: float = 0.01  # first ε tried
     max_steps: int = 60
+    optimize: OptimizeOptions = OptimizeOptions()  # the optimised mode's effort (method alpha)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_method(self.method))
@@ -80,15 +82,28 @@ def margin_spec(labels: Tensor, num_classes: int, target: int | None) -> Tensor:
 
 
 def margin_lower_bounds(graph: ir.Graph, batch: Batch, eps: Tensor, threat: ThreatModel, spec: Tensor,
-                        relaxer, out_node: str, frame_mask: Tensor | None = None) -> Tensor:
-    """Lower bounds of the margins, (batch, rows)."""
-    propagator = Propagator(graph, ball_regions(batch, eps, threat, frame_mask), relaxer)
-    lower, _ = propagator.bound(out_node, spec.to(batch.center.dtype))
+                        relaxer, out_node: str, frame_mask: Tensor | None = None, *,
+                        optimize: OptimizeOptions | None = None, tuning: Tuning | None = None,
+                        rows: Tensor | None = None, total: int = 0) -> Tensor:
+    """Lower bounds of the margins, (batch, rows). With `optimize`, the final back-substitution's
+    relaxations are tuned per margin row (verifier.optimize), warm-started from `tuning`."""
+    regions = ball_regions(batch, eps, threat, frame_mask)
+    if optimize is not None:
+        spec = spec.to(batch.center.dtype)
+        if optimize.intermediate == "none":
+            return optimized_lower_bounds(Propagator(graph, regions, relaxer), out_node, spec, optimize, tuning,
+                                          rows, total)
+        return jointly_optimized_lower_bounds(lambda: Propagator(graph, regions, relaxer), out_node, spec, optimize,
+                                              tuning, rows, total)
+    propagator = Propagator(graph, regions, relaxer)
+    with torch.no_grad():
+        lower, _ = propagator.bound(out_node, spec.to(batch.center.dtype), need_upper=False)
     return lower
 
 
 def search_radius(margin: Callable[[Tensor, Tensor], Tensor], clean: Tensor, options: SearchOptions,
-                  device: torch.device, dtype: torch.dtype) -> Tensor:
+                  device: torch.device, dtype: torch.dtype, certified: Tensor | None = None,
+                  at_certified: Tensor | None = None) -> Tensor:
     """Largest certified ε per row, to the relative tolerance. `margin(rows, eps)` returns, for the
     active rows, the certified lower bound of the worst margin at each row's ε (certified iff > 0);
     `clean` is the exact margin at ε = 0.
@@ -100,15 +115,23 @@ def search_radius(margin: Callable[[Tensor, Tensor], Tensor], clean: Tensor, opt
     crossing is predicted within the tolerance of an end, the one probe that ends the search — and
     falls back to bisection when two steps in a row do not halve the bracket. Probes are rounded to 20 significant bits,
     so last-bit noise in a margin cannot change the sequence of probes: a row's radius does not
-    depend on the other rows in its batch. Only certified ε are ever reported."""
+    depend on the other rows in its batch. Only certified ε are ever reported. `certified` (with
+    its margins `at_certified`) starts the search from radii already certified, e.g. by CROWN
+    before the optimised mode refines them."""
     count = clean.shape[0]
     zeros = lambda: torch.zeros(count, dtype=torch.float64, device=device)
     lower, at_lower = zeros(), clean.to(device=device, dtype=torch.float64).clone()
     upper, at_upper = torch.full((count,), math.inf, dtype=torch.float64, device=device), zeros()
     third, at_third = zeros(), at_lower.clone()  # the last end point replaced: a third point for the curve
+    first = torch.full((count,), options.start, dtype=torch.float64, device=device)
+    if certified is not None:
+        known = certified.to(device=device, dtype=torch.float64) > 0
+        lower = torch.where(known, certified.to(lower), lower)
+        at_lower = torch.where(known, at_certified.to(at_lower), at_lower)
+        first = torch.where(known, _round_probe(lower * 1.05), first)
     width_before = torch.full_like(lower, math.inf)
     stalls = torch.zeros(count, dtype=torch.long, device=device)  # bracketed steps in a row that did not halve it
-    eps = torch.full((count,), options.start, dtype=torch.float64, device=device)
+    eps = first
     low_side = torch.ones(count, dtype=torch.bool, device=device)  # probe below the crossing next
     active = torch.arange(count, device=device)
     for _ in range(options.max_steps):
@@ -221,18 +244,30 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     rows_spec = margin_spec(label_t, num_classes, target).repeat_interleave(variants, 0)
     rows_correct = correct.repeat_interleave(variants, 0)
 
+    optimize = options.optimize if options.method is Method.ALPHA else None
+    tuning = Tuning()
+
     def worst_margin(rows: Tensor, eps: Tensor) -> Tensor:
-        with torch.inference_mode():
-            lower = margin_lower_bounds(graph, rows_batch.select(rows), eps, threat, rows_spec[rows],
-                                        relaxer, out.node, rows_mask[rows])
+        lower = margin_lower_bounds(graph, rows_batch.select(rows), eps, threat, rows_spec[rows], relaxer, out.node,
+                                    rows_mask[rows], optimize=optimize, tuning=tuning, rows=rows,
+                                    total=rows_batch.size)
         return lower.amin(dim=1)
 
     clean = torch.einsum("bmc,bc->bm", rows_spec.to(logits), logits.repeat_interleave(variants, 0)).amin(1)
     radii = torch.zeros(rows_batch.size, dtype=torch.float64, device=batch.center.device)
     todo = torch.nonzero(rows_correct).flatten()
     if todo.numel():
-        found = search_radius(lambda r, e: worst_margin(todo[r], e), clean[todo], options,
-                              batch.center.device, dtype)
+        device = batch.center.device
+        if optimize is None:
+            found = search_radius(lambda r, e: worst_margin(todo[r], e), clean[todo], options, device, dtype)
+        else:  # CROWN's radii first (cheap, and certified for the optimised bounds too), then refined
+            plain = lambda r, e: margin_lower_bounds(graph, rows_batch.select(todo[r]), e, threat, rows_spec[todo[r]],
+                                                     relaxer, out.node, rows_mask[todo[r]]).amin(1)
+            start = search_radius(plain, clean[todo], options, device, dtype)
+            at_start = plain(torch.arange(todo.numel(), device=device), start.to(dtype))
+            found = search_radius(lambda r, e: worst_margin(todo[r], e), clean[todo], options, device, dtype,
+                                  certified=torch.where(at_start > 0, start, torch.zeros_like(start)),
+                                  at_certified=at_start)
         radii[todo] = found
     radii = radii.reshape(batch.size, variants).cpu().numpy()
     elapsed = (time.perf_counter() - started) / batch.size

@@ -20,6 +20,7 @@ Bounds and relaxations live in dicts keyed by node name; the IR is never mutated
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,8 +125,9 @@ class BackwardPass:
     regions. Node rules call `push`/`push_slice`/`add_constant`; relaxations come from the
     propagator."""
 
-    def __init__(self, propagator: Propagator) -> None:
+    def __init__(self, propagator: Propagator, relaxations: Callable[[ir.Node], LineForm | PlaneForm] | None = None) -> None:
         self.propagator = propagator
+        self.relaxations = relaxations or propagator.relaxation  # per-row forms for optimised passes
         self.sizes = propagator.plan.sizes
         self.coefficients: dict[str, Tensor] = {}
         self.pieces: dict[str, list[tuple[int, Tensor]]] = {}
@@ -146,10 +148,10 @@ class BackwardPass:
         return self.propagator.regions[name]
 
     def lines(self, node: ir.Activation) -> LineForm:
-        return self.propagator.relaxation(node)
+        return self.relaxations(node)
 
     def planes(self, node: ir.Product) -> PlaneForm:
-        return self.propagator.relaxation(node)
+        return self.relaxations(node)
 
     @staticmethod
     def weighted_sum(a: Tensor, per_neuron: Tensor) -> Tensor:
@@ -219,6 +221,8 @@ class Propagator:
         self.sizes = self.plan.sizes
         self.bounds: dict[str, Bounds] = {}
         self.forms: dict[str, LineForm | PlaneForm] = {}
+        # optimised mode: (pass key, rows) -> per-row relaxations for that pass (verifier.optimize)
+        self.tuner: Callable[[tuple, int], Callable[[ir.Node], LineForm | PlaneForm]] | None = None
         self.done_level = -1
         any_region = next(iter(regions.values()))
         self.batch = any_region.center.shape[0]
@@ -239,8 +243,8 @@ class Propagator:
         starts = [n for n in nodes if n.name in self.plan.needed and not isinstance(n, (ir.Input, *ROUTING))]
         crown: dict[str, Bounds] = {}
         if self.relaxer is not None and starts:
-            for rows in _chunks([(n.name, self.plan.needed[n.name]) for n in starts], MAX_PASS_ROWS):
-                lower, upper = self._backward(rows, need_upper=True)
+            for chunk, rows in enumerate(_chunks([(n.name, self.plan.needed[n.name]) for n in starts], MAX_PASS_ROWS)):
+                lower, upper = self._backward(rows, need_upper=True, key=(level, chunk))
                 offset = 0
                 for name, index in rows:
                     part = (lower[:, offset:offset + len(index)], upper[:, offset:offset + len(index)])
@@ -255,12 +259,15 @@ class Propagator:
             self.bounds[node.name] = (lower, upper)
 
     # ---- backward ------------------------------------------------------------------------------
-    def _backward(self, rows: list[tuple[str, np.ndarray]], need_upper: bool) -> tuple[Tensor, Tensor | None]:
-        """Lower (and upper) bounds of the selected rows of the start nodes, stacked, (batch, rows)."""
+    def _backward(self, rows: list[tuple[str, np.ndarray]], need_upper: bool,
+                  key: tuple | None = None) -> tuple[Tensor, Tensor | None]:
+        """Lower (and upper) bounds of the selected rows of the start nodes, stacked, (batch, rows).
+        `key` names the pass for the optimised mode's per-row relaxations."""
         total = sum(len(index) for _, index in rows)
         signs = (1.0, -1.0) if need_upper else (1.0,)
         width = total * len(signs)
-        backward = BackwardPass(self)
+        tuned = None if self.tuner is None or key is None else self.tuner(key, width)
+        backward = BackwardPass(self, relaxations=tuned)
         offset = 0
         for name, index in rows:
             spec = self.like.new_zeros((width, self.sizes[name]))

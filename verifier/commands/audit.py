@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     device = args.device.strip() if args.device else ("cuda" if args.gpus_per_worker > 0 else "cpu")
     job = AuditJob(norm=threat.norm, ball=threat.ball, frames=threat.frames, per_frame=args.per_frame,
                    target=args.target, method=args.method, tol=tol, output=options.output_from(args),
-                   input_name=args.input_name, device=device, dtype=args.dtype)
+                   input_name=args.input_name, device=device, dtype=args.dtype, domain=threat.domain,
+                   optimize=options.optimize_from(args))
     config = {"model": os.path.basename(args.model), "model_sha256": sha256_file(args.model),
               "samples_sha256": sha256_arrays(whole.x, whole.labels, *(whole.others[k] for k in sorted(whole.others))),
               "samples_total": whole.count, "labels": whole.labels_source,

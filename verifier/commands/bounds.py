@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     samples = options.load_samples(graph, args, need_labels=False)
     options.check_magnitude(eps, samples.x, args.dtype)
     started = time.perf_counter()
-    lower, upper = bound_outputs(graph, samples.all_feeds(), eps, threat.norm, threat.ball,
-                                 threat.frames, method=args.method, output=output, input_name=args.input_name,
+    lower, upper = bound_outputs(graph, samples.all_feeds(), eps, threat=threat, method=args.method,
+                                 optimize=options.optimize_from(args), output=output, input_name=args.input_name,
                                  device=device, dtype=dtype)
     elapsed = time.perf_counter() - started
     if not (np.isfinite(lower).all() and np.isfinite(upper).all()):

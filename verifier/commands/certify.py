@@ -80,15 +80,15 @@ def run(args: argparse.Namespace) -> int:
               "dtype": args.dtype, "output": str(args.output), "input_name": args.input_name}
     selected = {samples.first_index + k: k for k in range(samples.count)}
     done = _read_resume(args.resume, config, samples, selected)
-    search = SearchOptions(method=args.method, tol=tol)
+    search = SearchOptions(method=args.method, tol=tol, optimize=options.optimize_from(args))
     results: list[SampleResult] = []
     todo = [k for k in range(samples.count) if samples.first_index + k not in done]
     bar = _progress(len(todo), disabled=args.no_progress or args.json == "-")
     for chunk_start in range(0, len(todo), args.batch_size):
         chunk = todo[chunk_start:chunk_start + args.batch_size]
         x, labels = _take(samples, chunk)
-        chunk_results = certify(graph, x, threat.norm, labels=labels, target=args.target, ball=threat.ball,
-                                frames=threat.frames, per_frame=args.per_frame, options=search,
+        chunk_results = certify(graph, x, threat=threat, labels=labels, target=args.target,
+                                per_frame=args.per_frame, options=search,
                                 output=options.output_from(args), input_name=args.input_name,
                                 device=device, dtype=dtype)
         _skip_target_labels(chunk_results, args.target)
@@ -220,8 +220,11 @@ def print_table(rows: list[dict], report: dict) -> None:
     if per_frame:
         header += "  per-frame radius (frame 0..T-1)"
     labels = LABEL_SOURCES.get(report.get("labels"), report.get("labels"))
+    domain = report.get("domain")
+    domain_text = "" if domain is None else (f", domain [{domain['low']:g}, {domain['high']:g}]"
+                                             if isinstance(domain, dict) else f", domain {domain}")
     print(f"popqorn certify: {report['model']} | norm {report['norm']}, {report['ball']} ball, frames "
-          f"{report['frames']}, method {report['method']}, {report['device']}"
+          f"{report['frames']}{domain_text}, method {report['method']}, {report['device']}"
           + (f" | target {report['target']}" if report.get("target") is not None else "")
           + (f" | labels: {labels}" if labels else ""))
     print(header)

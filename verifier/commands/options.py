@@ -70,17 +70,40 @@ def add_threat(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ball", default="frame", choices=BALLS,
                         help="frame: each perturbed frame has its own ball (POPQORN); sequence: one ball over all perturbed frames")
     parser.add_argument("--frames", help="0-based frames to perturb, e.g. 0,3 (default: all)")
+    parser.add_argument("--domain", metavar="LOW,HIGH",
+                        help="valid input range intersected with every ball, e.g. 0,1 for pixels (default: none)")
+    parser.add_argument("--domain-file", metavar="NPZ",
+                        help="per-feature valid range: an .npz with arrays 'low' and 'high' shaped like one sample "
+                             "(the input's shape without its batch axis; broadcasting allowed)")
 
 
 def add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=DEFAULT_METHOD.value, choices=METHODS,
                         help=f"crown: activation lines and McCormick products; popqorn: POPQORN's joint 2-D planes for "
-                             f"the gate products (tighter on LSTM/GRU, slower); ibp: intervals "
+                             f"the gate products (tighter on LSTM/GRU, slower); ibp: intervals; alpha: relaxations "
+                             f"optimised per margin row by gradient ascent (alpha-CROWN's idea; tightest, slowest) "
                              f"(default {DEFAULT_METHOD.value})")
+    parser.add_argument("--optimize-steps", type=int, default=20, metavar="N",
+                        help="--method alpha: gradient steps per bound (default 20; 8 when warm-started in a search)")
+    parser.add_argument("--optimize-intermediate", default="shared", choices=("shared", "per-row", "none"),
+                        help="--method alpha: intermediate bounds optimised with one relaxation per node (shared, "
+                             "default), per row of every pass (per-row: alpha-CROWN's full scheme, ~5x slower) or "
+                             "not at all (none: final pass only, fastest)")
     add_device(parser)
     parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES,
                         help=f"engine precision (default {DEFAULT_DTYPE})")
     add_threads(parser)
+
+
+def optimize_from(args: argparse.Namespace):
+    """The optimised mode's options from --optimize-steps/--optimize-intermediate."""
+    from verifier.optimize import OptimizeOptions
+
+    steps = getattr(args, "optimize_steps", 20)
+    if steps < 0 or steps > 100000:
+        raise InputError(f"--optimize-steps must be in 0..100000, not {steps}")
+    return OptimizeOptions(steps=steps, warm_steps=min(steps, 8),
+                           intermediate=getattr(args, "optimize_intermediate", "shared"))
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -135,8 +158,26 @@ def device_from(args: argparse.Namespace):
 
 
 def threat_from(args: argparse.Namespace) -> ThreatModel:
-    from verifier.threat import ThreatModel, parse_frames, parse_norm
-    return ThreatModel(parse_norm(args.norm), args.ball, parse_frames(args.frames))
+    from verifier.threat import Domain, ThreatModel, parse_frames, parse_norm
+    domain = None
+    text, path = getattr(args, "domain", None), getattr(args, "domain_file", None)
+    if text and path:
+        raise InputError("give either --domain or --domain-file, not both")
+    if text:
+        domain = Domain.parse(text)
+    elif path:
+        from verifier.commands.arrays import read_arrays
+        arrays = read_arrays(path, "domain", keys=["low", "high"])
+        if not isinstance(arrays, dict) or set(arrays) != {"low", "high"}:
+            raise InputError(f"--domain-file {path} must be an .npz holding exactly the arrays 'low' and 'high'")
+        for name, array in arrays.items():
+            if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+                raise InputError(f"--domain-file {path}: {name!r} must hold real numbers, not {array.dtype}")
+        import hashlib
+        digest = hashlib.sha256(np.ascontiguousarray(arrays["low"], dtype=np.float64).tobytes()
+                                + np.ascontiguousarray(arrays["high"], dtype=np.float64).tobytes()).hexdigest()[:12]
+        domain = Domain(arrays["low"], arrays["high"], label=f"{os.path.basename(path)} (sha256 {digest})")
+    return ThreatModel(parse_norm(args.norm), args.ball, parse_frames(args.frames), domain)
 
 
 def engine_from(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
@@ -269,9 +310,8 @@ def check_magnitude(eps: float, values: np.ndarray, dtype_name: str, flag: str =
 
 
 def describe_threat(threat: ThreatModel) -> dict:
-    from verifier.threat import norm_label
-    return {"norm": norm_label(threat.norm), "ball": threat.ball,
-            "frames": "all" if threat.frames is None else list(threat.frames)}
+    """The JSON fields every report carries (norm, ball, frames, domain)."""
+    return threat.describe()
 
 
 def parse_float(text: str, name: str, minimum: float | None = 0.0) -> float:

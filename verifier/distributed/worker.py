@@ -28,6 +28,8 @@ class AuditJob:
     input_name: str | None
     device: str
     dtype: str
+    domain: object = None  # verifier.threat.Domain or None: the valid input range
+    optimize: object = None  # verifier.optimize.OptimizeOptions for method alpha (None: defaults)
 
 
 @dataclass
@@ -63,7 +65,7 @@ class BatchCertifier:
         self.graph, self.job = graph, job
         self.device = resolve_device(job.device)
         self.dtype = getattr(torch, job.dtype)
-        self.search = SearchOptions(method=job.method, tol=job.tol)
+        self.search = SearchOptions(method=job.method, tol=job.tol, **({"optimize": job.optimize} if job.optimize else {}))
 
     def certify(self, indices: list[int], x, labels: np.ndarray | None) -> list[dict] | None:
         """One JSON row per sample, or None when a batch of several fails: the caller then sends
@@ -75,7 +77,7 @@ class BatchCertifier:
         job = self.job
         try:
             results = certify(self.graph, x, job.norm, labels=labels, target=job.target, ball=job.ball,
-                              frames=job.frames, per_frame=job.per_frame, options=self.search, output=job.output,
+                              frames=job.frames, domain=job.domain, per_frame=job.per_frame, options=self.search, output=job.output,
                               input_name=job.input_name, device=self.device, dtype=self.dtype)
         except Exception as exc:  # noqa: BLE001 -- recorded, never fatal: the audit goes on
             if len(indices) > 1:

@@ -1,0 +1,154 @@
+"""The optimised mode (method alpha): every parameter value is a sound relaxation, the optimisation
+starts exactly at CROWN and never ends below it, and its bounds and radii hold for points run
+through onnxruntime."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import parsers
+from tests.verifier import models
+from tests.verifier.sampling import gradient_deltas, random_deltas
+from verifier import activations
+from verifier.bounds import bound_outputs, make_batch, relaxer_for
+from verifier.certify import SearchOptions, certify, margin_lower_bounds, margin_spec
+from verifier.ir import SIGMOID, TANH, ActivationFn, Act
+from verifier.optimize import OptimizeOptions
+from verifier.relaxations.base import Interval
+from verifier.relaxations.optimizable import identity_lines, lines_from_slopes, mixed_mccormick, slope_range
+from verifier.threat import ThreatModel
+
+MODES = ["none", "shared", "per-row"]
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("optimize")
+    return {kind: models.export_torch(models.CellLoop(kind), folder / f"{kind}.onnx", seed=3) for kind in ("lstm", "gru")}
+
+
+def _box(count: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.randn(count, generator=g, dtype=torch.float64) * 2
+    width = torch.rand(count, generator=g, dtype=torch.float64) * 4
+    return centre - width / 2, centre + width / 2
+
+
+@pytest.mark.parametrize("fn", [SIGMOID, TANH, ActivationFn(Act.RELU), ActivationFn(Act.SOFTSIGN)], ids=str)
+def test_lines_are_sound_for_any_slope(fn):
+    lower, upper = _box(3000, 1)
+    g = torch.Generator().manual_seed(2)
+    k_min, k_max = slope_range(fn, lower, upper)
+    slopes = [k_min + (k_max - k_min) * torch.rand(3000, generator=g, dtype=torch.float64) for _ in range(2)]
+    lines = lines_from_slopes(fn, lower, upper, *slopes)
+    xs = lower[:, None] + (upper - lower)[:, None] * torch.linspace(0, 1, 401, dtype=torch.float64)
+    f = activations.apply(fn, xs)
+    assert (lines.lower_slope[:, None] * xs + lines.lower_intercept[:, None] <= f + 1e-12).all()
+    assert (lines.upper_slope[:, None] * xs + lines.upper_intercept[:, None] >= f - 1e-12).all()
+
+
+@pytest.mark.parametrize("left_fn, right_fn", [(SIGMOID, TANH), (SIGMOID, None), (None, SIGMOID)], ids=str)
+def test_mixed_mccormick_planes_are_sound_for_any_parameters(left_fn, right_fn):
+    (xl, xu), (yl, yu) = _box(2000, 3), _box(2000, 4)
+    g = torch.Generator().manual_seed(5)
+    rand = lambda: torch.rand(2000, generator=g, dtype=torch.float64)
+
+    def factor(fn, lower, upper):
+        if fn is None:
+            return Interval(lower, upper), identity_lines(lower)
+        k_min, k_max = slope_range(fn, lower, upper)
+        slope = lambda: k_min + (k_max - k_min) * rand()
+        interval = Interval(activations.apply(fn, lower), activations.apply(fn, upper))  # monotone factors
+        return interval, lines_from_slopes(fn, lower, upper, slope(), slope())
+
+    (a, a_lines), (b, b_lines) = factor(left_fn, xl, xu), factor(right_fn, yl, yu)
+    planes = mixed_mccormick(left_fn, right_fn, a, b, a_lines, b_lines, rand(), rand())
+    t = torch.linspace(0, 1, 41, dtype=torch.float64)
+    x = (xl[:, None] + (xu - xl)[:, None] * t)[:, :, None]
+    y = (yl[:, None] + (yu - yl)[:, None] * t)[:, None, :]
+    f = activations.apply(left_fn, x) * activations.apply(right_fn, y)
+    at = lambda px, py, c: px[:, None, None] * x + py[:, None, None] * y + c[:, None, None]
+    assert (at(planes.lower_x, planes.lower_y, planes.lower_const) <= f + 1e-12).all()
+    assert (at(planes.upper_x, planes.upper_y, planes.upper_const) >= f - 1e-12).all()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("mode", MODES)
+def test_optimised_margins_start_at_crown_never_fall_below_and_hold(nets, kind, mode):
+    path = nets[kind]
+    graph = parsers.load_onnx(path)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
+    labels = ort.InferenceSession(str(path)).run(None, {"x": x})[0].argmax(1)
+    batch = make_batch(graph, x)
+    spec = margin_spec(torch.as_tensor(labels), models.CLASSES, None)
+    threat = ThreatModel(2.0, "frame")
+    eps = torch.full((2,), 0.3, dtype=torch.float64)
+    out = batch.graph.outputs[0].node
+    crown = margin_lower_bounds(batch.graph, batch, eps, threat, spec, relaxer_for("crown"), out)
+    start = margin_lower_bounds(batch.graph, batch, eps, threat, spec, relaxer_for("alpha"), out,
+                                optimize=OptimizeOptions(steps=0, intermediate=mode))
+    assert torch.allclose(start, crown, rtol=0, atol=1e-12)  # step 0 is CROWN
+    tuned = margin_lower_bounds(batch.graph, batch, eps, threat, spec, relaxer_for("alpha"), out,
+                                optimize=OptimizeOptions(steps=6, intermediate=mode, lr=0.1))
+    assert (tuned >= crown - 1e-12).all() and (tuned > crown + 1e-6).any()
+    session = ort.InferenceSession(str(path))
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        center = x[k].reshape(-1).astype(np.float64)
+        deltas = np.concatenate([random_deltas(batch.node, 0.3, threat, 2000, rng),
+                                 gradient_deltas(batch.graph, batch.node, center, 0.3, threat, out)])
+        logits = session.run(None, {"x": (center + deltas).reshape(-1, models.STEPS, models.FEATURES).astype(np.float32)})[0]
+        margins = logits @ spec[k].numpy().T
+        assert (margins >= tuned[k].numpy() - 2e-5).all()
+
+
+def test_optimised_output_bounds_contain_onnxruntime(nets):
+    path = nets["lstm"]
+    graph = parsers.load_onnx(path)
+    x = np.random.default_rng(2).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
+    threat = ThreatModel(math.inf, "sequence")
+    lower, upper = bound_outputs(graph, x, 0.08, threat=threat, method="alpha", optimize=OptimizeOptions(steps=4))
+    crown_lower, crown_upper = bound_outputs(graph, x, 0.08, threat=threat, method="crown")
+    assert (lower >= crown_lower - 1e-12).all() and (upper <= crown_upper + 1e-12).all()
+    node = make_batch(graph, x).node
+    session = ort.InferenceSession(str(path))
+    rng = np.random.default_rng(4)
+    for k in range(2):
+        points = x[k].reshape(-1) + random_deltas(node, 0.08, threat, 3000, rng)
+        outputs = session.run(None, {"x": points.reshape(-1, models.STEPS, models.FEATURES).astype(np.float32)})[0]
+        assert (outputs >= lower[k] - 2e-5).all() and (outputs <= upper[k] + 2e-5).all()
+
+
+def test_optimised_radius_is_certified_and_at_least_crowns(nets):
+    path = nets["gru"]
+    graph = parsers.load_onnx(path)
+    x = np.random.default_rng(3).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
+    crown = certify(graph, x, 2.0)
+    alpha = certify(graph, x, 2.0, options=SearchOptions(method="alpha", optimize=OptimizeOptions(steps=6, warm_steps=3)))
+    batch = make_batch(graph, x)
+    session = ort.InferenceSession(str(path))
+    threat = ThreatModel(2.0, "frame")
+    rng = np.random.default_rng(5)
+    for k, (c, a) in enumerate(zip(crown, alpha)):
+        assert a.radius >= c.radius * (1 - 1e-3)
+        # no point of the certified ball (sampled, and pushed by gradient steps) changes the prediction
+        center = x[k].reshape(-1).astype(np.float64)
+        deltas = np.concatenate([random_deltas(batch.node, a.radius, threat, 2000, rng),
+                                 gradient_deltas(batch.graph, batch.node, center, a.radius, threat,
+                                                 batch.graph.outputs[0].node, steps=20)])
+        points = (center + deltas).reshape(-1, models.STEPS, models.FEATURES).astype(np.float32)
+        assert (session.run(None, {"x": points})[0].argmax(1) == a.label).all()
+
+
+def test_bad_optimise_options_are_refused():
+    from verifier.errors import InputError
+
+    with pytest.raises(InputError, match="intermediate"):
+        OptimizeOptions(intermediate="all")
+    with pytest.raises(InputError, match="steps"):
+        OptimizeOptions(steps=-1)

@@ -1,0 +1,322 @@
+"""The optimised mode (`--method alpha`): relaxations tuned per margin row, as alpha-CROWN does.
+
+CROWN fixes every relaxation before the backward pass; but the best line for a neuron depends on
+what is being bounded. Here, for the final back-substitution (the margins f_label - f_j), every
+nonlinear node gets free parameters per margin row and per neuron — the slopes of its activation
+lines, the slopes of its factors' lines and the mixes of its McCormick planes
+(verifier.relaxations.optimizable) — and projected gradient ascent (Adam) maximises the certified
+lower bound. Every parameter value is a sound relaxation, so every iterate is a certificate; the
+best bound seen per row is kept. The optimisation starts at CROWN's relaxation, so the result is
+never below CROWN's bound. Intermediate bounds are CROWN's (see README: time/tightness trade-off).
+
+`Tuning` keeps the parameters between calls, so a radius search warm-starts each epsilon from the
+previous one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from verifier import ir
+from verifier.propagation import BackwardPass, LineForm, PlaneForm, Propagator
+from verifier.relaxations.base import Lines
+from verifier.relaxations.optimizable import (crown_slopes, factor_interval, identity_lines, lines_from_slopes,
+                                              mixed_mccormick, slope_range)
+from verifier.rules import NONLINEAR
+
+
+INTERMEDIATE = ("shared", "per-row", "none")
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """How hard the optimised mode works: Adam steps per bound, its step size on parameters
+    normalised to [0, 1], and how the intermediate bounds are optimised:
+      shared   one set of relaxation parameters per node for all intermediate passes (default:
+               about 2x the final-only cost per step, most of the gain)
+      per-row  every intermediate pass's rows get their own parameters (alpha-CROWN's full scheme;
+               tightest, ~10x the cost per step)
+      none     CROWN's intermediate bounds, only the final pass optimised (cheapest)"""
+
+    steps: int = 20
+    lr: float = 0.05
+    intermediate: str = "shared"
+    warm_steps: int = 8  # steps when the parameters start from an earlier call's (radius search)
+
+    def __post_init__(self) -> None:
+        if self.intermediate not in INTERMEDIATE:
+            from verifier.errors import InputError
+            raise InputError(f"intermediate must be one of {', '.join(INTERMEDIATE)}, not {self.intermediate!r}")
+        if self.steps < 0 or not self.lr > 0:
+            from verifier.errors import InputError
+            raise InputError("optimisation steps must be >= 0 and the step size > 0")
+
+
+@dataclass
+class Tuning:
+    """Parameters of every tuned relaxation for a set of rows (samples), kept across calls:
+    node name -> parameter name -> (rows, spec rows, neurons) tensor in [0, 1]."""
+
+    values: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+
+    def take(self, node: str, name: str, rows: Tensor, default: Tensor) -> Tensor:
+        held = self.values.get(node, {}).get(name)
+        if held is None or held.shape[1:] != default.shape[1:]:
+            return default
+        return held[rows]
+
+    def keep(self, node: str, name: str, rows: Tensor, total: int, value: Tensor) -> None:
+        store = self.values.setdefault(node, {})
+        held = store.get(name)
+        if held is None or held.shape[1:] != value.shape[1:]:
+            held = store[name] = value.new_full((total, *value.shape[1:]), float("nan"))
+        held[rows] = value
+
+
+class _Line:
+    """An activation's line pair with slopes k_min + theta * (k_max - k_min) over the range of f'
+    on the interval (where CROWN's chord and tangent slopes lie too, by the mean value theorem)."""
+
+    def __init__(self, fn: ir.ActivationFn, lower: Tensor, upper: Tensor) -> None:
+        self.fn, self.lower, self.upper = fn, lower, upper
+        self.k_min, self.k_max = slope_range(fn, lower, upper)
+
+    def start(self) -> tuple[Tensor, Tensor]:
+        """theta of CROWN's lines, where the optimisation starts."""
+        low_slope, up_slope = crown_slopes(self.fn, self.lower.detach(), self.upper.detach())
+        span = (self.k_max - self.k_min).detach().clamp(min=1e-300)
+        k_min = self.k_min.detach()
+        return ((low_slope - k_min) / span).clamp(0, 1), ((up_slope - k_min) / span).clamp(0, 1)
+
+    def lines(self, theta_lower: Tensor, theta_upper: Tensor) -> Lines:
+        span = self.k_max - self.k_min
+        return lines_from_slopes(self.fn, self.lower, self.upper, self.k_min + theta_lower * span,
+                                 self.k_min + theta_upper * span)
+
+
+class _Tuned:
+    """One nonlinear node's tunable relaxation for the current bounds of its inputs: its
+    parameters' starting values and its per-row pull-back form for given parameters."""
+
+    def __init__(self, node: ir.Activation | ir.Product, propagator: Propagator) -> None:
+        self.node = node
+        bounds = lambda name: tuple(t.double().unsqueeze(1) for t in propagator.bounds[name])  # (batch, 1, n)
+        if isinstance(node, ir.Activation):
+            self.line = _Line(node.fn, *bounds(node.input))
+            return
+        (xl, xu), (yl, yu) = bounds(node.left), bounds(node.right)
+        self.left = factor_interval(node.left_fn, xl, xu)
+        self.right = factor_interval(node.right_fn, yl, yu)
+        self.left_line = None if node.left_fn is None else _Line(node.left_fn, xl, xu)
+        self.right_line = None if node.right_fn is None else _Line(node.right_fn, yl, yu)
+        self.like = xl
+
+    def starts(self) -> dict[str, Tensor]:
+        """CROWN's relaxation in parameter form (computed only when parameters are created)."""
+        if isinstance(self.node, ir.Activation):
+            lower, upper = self.line.start()
+            return {"lower": lower, "upper": upper}
+        starts: dict[str, Tensor] = {}
+        for side, line in (("left", self.left_line), ("right", self.right_line)):
+            if line is not None:
+                starts[f"{side}_lower"], starts[f"{side}_upper"] = line.start()
+        one = torch.ones_like(self.like.detach())
+        starts["lower_mix"], starts["upper_mix"] = one, one
+        return starts
+
+    def form(self, theta: dict[str, Tensor]) -> LineForm | PlaneForm:
+        if isinstance(self.node, ir.Activation):
+            return LineForm.of(self.line.lines(theta["lower"], theta["upper"]))
+        factor = lambda side, line, like: (identity_lines(like) if line is None
+                                           else line.lines(theta[f"{side}_lower"], theta[f"{side}_upper"]))
+        like = theta["lower_mix"]
+        planes = mixed_mccormick(self.node.left_fn, self.node.right_fn, self.left, self.right,
+                                 factor("left", self.left_line, like), factor("right", self.right_line, like),
+                                 theta["lower_mix"], theta["upper_mix"])
+        return PlaneForm.of(planes)
+
+
+def optimized_lower_bounds(propagator: Propagator, node: str, spec: Tensor, options: OptimizeOptions,
+                           tuning: Tuning | None = None, rows: Tensor | None = None, total: int = 0) -> Tensor:
+    """Certified lower bounds of spec·value(node), (batch, m), with the final back-substitution's
+    relaxations optimised per row. `tuning`/`rows` (the batch's row ids among `total`) warm-start
+    the parameters and receive the optimised ones."""
+    with torch.no_grad():
+        propagator.run(until=node)
+    graph = propagator.graph
+    prefix = graph.nodes[:propagator.plan.order[node] + 1]
+    tuned = {n.name: _Tuned(n, propagator) for n in _ancestors(graph, node) if isinstance(n, NONLINEAR)}
+    m = spec.shape[1]
+    theta: dict[str, dict[str, Tensor]] = {}
+    for name, entry in tuned.items():
+        theta[name] = {}
+        for key, start in entry.starts().items():
+            default = start.expand(-1, m, -1).clone()
+            value = default if tuning is None else tuning.take(name, key, rows, default)
+            value = torch.where(torch.isnan(value), default, value).clamp(0, 1)
+            theta[name][key] = value.detach().requires_grad_(True)
+    parameters = [t for group in theta.values() for t in group.values()]
+    optimizer = torch.optim.Adam(parameters, lr=options.lr) if parameters else None
+    best = None
+    steps = options.warm_steps if tuning is not None and tuning.values else options.steps
+    for step in range(steps + 1):
+        with torch.enable_grad():
+            forms = {name: entry.form(theta[name]) for name, entry in tuned.items()}
+            backward = BackwardPass(propagator, relaxations=lambda n: forms[n.name])
+            backward.push(node, spec.to(propagator.like))
+            lower = backward.run(prefix)
+        value = torch.where(torch.isnan(lower.detach()), -torch.inf, lower.detach())  # NaN certifies nothing
+        best = value if best is None else torch.maximum(best, value)
+        if step == steps or optimizer is None:
+            break
+        optimizer.zero_grad()
+        torch.where(torch.isfinite(lower), -lower, torch.zeros_like(lower)).sum().backward()
+        for t in parameters:
+            if t.grad is not None:
+                t.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        optimizer.step()
+        with torch.no_grad():
+            for t in parameters:
+                t.clamp_(0, 1)
+    if tuning is not None and rows is not None:
+        for name, group in theta.items():
+            for key, value in group.items():
+                tuning.keep(name, key, rows, total, value.detach())
+    return best
+
+
+class _PassTuner:
+    """Per-row parameters of every backward pass of a propagation (the level passes and the final
+    one), created on first use from CROWN's relaxations and kept across iterations and calls."""
+
+    def __init__(self, propagator: Propagator, tuning: Tuning | None, rows: Tensor | None, total: int,
+                 shared: bool) -> None:
+        self.propagator = propagator
+        self.tuning, self.rows, self.total = tuning, rows, total
+        self.shared = shared  # intermediate passes share one relaxation per node (not per row)
+        self.theta: dict[tuple, dict[str, Tensor]] = {}
+        self.keys: dict[str, list[tuple]] = {}  # node -> the passes with parameters for it, in order
+        self.boxes: dict[str, _Tuned] = {}  # per node, for the current propagator's bounds
+        self.caches: dict[tuple, dict[str, LineForm | PlaneForm]] = {}
+
+    def use(self, propagator: Propagator) -> None:
+        """A new iteration: fresh bounds, so the nodes' boxes are rebuilt on demand."""
+        self.propagator, self.boxes, self.caches = propagator, {}, {}
+
+    def __call__(self, key: tuple, width: int):
+        """The relaxation provider of pass `key` with `width` rows, for the current bounds."""
+        if self.shared and key != ("final",):
+            key, width = ("shared",), 1
+        cache = self.caches.setdefault(key, {})
+
+        def provide(node: ir.Node) -> LineForm | PlaneForm:
+            form = cache.get(node.name)
+            if form is None:
+                entry = self.boxes.get(node.name)
+                if entry is None:
+                    entry = self.boxes[node.name] = _Tuned(node, self.propagator)
+                if (key, node.name) in self.theta:
+                    self._all_forms(node.name, entry)  # every pass's form of this node in one computation
+                    form = cache[node.name]
+                else:
+                    form = cache[node.name] = entry.form(self._parameters(key, node.name, entry, width))
+            return form
+
+        return provide
+
+    def _all_forms(self, node: str, entry: _Tuned) -> None:
+        """The node's relaxation for every pass that has parameters for it, computed once on the
+        parameters concatenated along the rows (a node's box is the same for all passes of an
+        iteration), then split back: one relaxation computation per node instead of per pass."""
+        keys = self.keys[node]
+        groups = [self.theta[(k, node)] for k in keys]
+        widths = [next(iter(g.values())).shape[1] for g in groups]
+        joined = {name: torch.cat([g[name] for g in groups], dim=1) for name in groups[0]}
+        form = entry.form(joined)
+        kind = type(form)
+        fields = {f: getattr(form, f) for f in form.__dataclass_fields__}
+        offset = 0
+        for k, width in zip(keys, widths):
+            part = {f: (t if t.shape[1] == 1 else t[:, offset:offset + width]) for f, t in fields.items()}
+            self.caches.setdefault(k, {})[node] = kind(**part)
+            offset += width
+
+    def _parameters(self, key: tuple, node: str, entry: _Tuned, width: int) -> dict[str, Tensor]:
+        held = self.theta.get((key, node))
+        if held is None:
+            held = {}
+            for name, start in entry.starts().items():
+                default = start.detach().expand(-1, width, -1).clone()
+                label = f"{key}|{node}"
+                value = default if self.tuning is None else self.tuning.take(label, name, self.rows, default)
+                held[name] = torch.where(torch.isnan(value), default, value).clamp(0, 1).requires_grad_(True)
+            self.theta[(key, node)] = held
+            self.keys.setdefault(node, []).append(key)
+        return held
+
+    def parameters(self) -> list[Tensor]:
+        return [t for group in self.theta.values() for t in group.values()]
+
+    def keep(self) -> None:
+        if self.tuning is None or self.rows is None:
+            return
+        for (key, node), group in self.theta.items():
+            for name, value in group.items():
+                self.tuning.keep(f"{key}|{node}", name, self.rows, self.total, value.detach())
+
+
+def jointly_optimized_lower_bounds(make_propagator, node: str, spec: Tensor, options: OptimizeOptions,
+                                   tuning: Tuning | None = None, rows: Tensor | None = None,
+                                   total: int = 0) -> Tensor:
+    """Like optimized_lower_bounds, but every intermediate backward pass gets its own per-row
+    parameters too (alpha-CROWN's full scheme): each iteration recomputes all intermediate bounds
+    with the current relaxations, and the gradient of the final bound reaches every pass.
+    `make_propagator()` builds a fresh CROWN propagator over the same regions."""
+    tuner = None
+    optimizer = None
+    best = None
+    steps = options.warm_steps if tuning is not None and tuning.values else options.steps
+    for step in range(steps + 1):
+        with torch.enable_grad():
+            propagator = make_propagator()
+            if tuner is None:
+                tuner = _PassTuner(propagator, tuning, rows, total, options.intermediate == "shared")
+            tuner.use(propagator)
+            propagator.tuner = tuner
+            propagator.run(until=node)
+            prefix = propagator.graph.nodes[:propagator.plan.order[node] + 1]
+            backward = BackwardPass(propagator, relaxations=tuner(("final",), spec.shape[1]))
+            backward.push(node, spec.to(propagator.like))
+            lower = backward.run(prefix)
+        value = torch.where(torch.isnan(lower.detach()), -torch.inf, lower.detach())
+        best = value if best is None else torch.maximum(best, value)
+        if step == steps:
+            break
+        parameters = tuner.parameters()
+        if optimizer is None:
+            optimizer = torch.optim.Adam(parameters, lr=options.lr)
+        optimizer.zero_grad()
+        torch.where(torch.isfinite(lower), -lower, torch.zeros_like(lower)).sum().backward()
+        for t in parameters:
+            if t.grad is not None:
+                t.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        optimizer.step()
+        with torch.no_grad():
+            for t in parameters:
+                t.clamp_(0, 1)
+    tuner.keep()
+    return best
+
+
+def _ancestors(graph: ir.Graph, node: str) -> list[ir.Node]:
+    """The nodes `node` depends on (itself included), in topological order."""
+    wanted, stack = {node}, [node]
+    while stack:
+        for x in ir.node_inputs(graph[stack.pop()]):
+            if x not in wanted:
+                wanted.add(x)
+                stack.append(x)
+    return [n for n in graph.nodes if n.name in wanted]
