@@ -90,7 +90,7 @@ class PeakMemory:
             self.peak_rss = max(self.peak_rss, self._rss())
             time.sleep(0.003)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.base = self._rss()
         self.peak_rss = self.base
         if self.device.type == "cuda":
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.out:
         result = {"date": datetime.date.today().isoformat(), "device": str(device),
-                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+                  "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                  else platform.processor() or platform.machine()),
                   "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": args.dtype, "norm": args.norm,
                   "quick": args.quick, "rows": rows, "summary": {k: v for k, v in summary.items() if k != "lines"}}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,17 @@ def read_model(path: str | os.PathLike, max_bytes: int = MAX_MODEL_BYTES) -> onn
     return model
 
 
+def check_types(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """ONNX's own type and shape inference, strict: an input of one float type feeding weights of
+    another, integer weights in a MatMul, an output declared as a string... onnxruntime refuses such
+    a file, so a bound about it would describe no model that runs."""
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several untyped errors here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path} fails ONNX type and shape inference: {first}") from None
+
+
 def check_opsets(model: onnx.ModelProto) -> None:
     """An opset newer than the installed onnx knows would be read with older semantics: refuse."""
     known = onnx.defs.onnx_opset_version()

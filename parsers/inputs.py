@@ -168,6 +168,10 @@ def declare_inputs(graph: onnx.GraphProto, opset: int, input_shapes: dict | None
             dims = _given_shape(info.name, dims, input_shapes[info.name], batch)
         if not is_float:
             batch, frame = (batch if batch is not None and batch < len(dims) else None), None
+        empty = [k for k, d in enumerate(dims) if isinstance(d, int) and d < 1 and k != batch]
+        if empty:
+            raise InputError(f"input {info.name!r} declares shape {tuple(dims)}: axis {empty[0]} is empty "
+                             "(dimension 0); popqorn needs at least one element on every axis")
         item = DeclaredInput(info.name, dims, batch, frame, evidence, constant_only=not is_float)
         known = [d for k, d in enumerate(item.template()) if d > 0]
         count = int(np.prod(known, dtype=np.float64))

@@ -19,7 +19,7 @@ from parsers.budget import Budget
 from parsers.builder import GraphBuilder
 from parsers.context import Context, clean_name
 from parsers.errors import BatchLayoutError, ConstantRequired
-from parsers.files import MAX_MODEL_BYTES, check_opsets, read_model, tensor_value
+from parsers.files import MAX_MODEL_BYTES, check_opsets, check_types, read_model, tensor_value
 from parsers.inputs import DeclaredInput, declare_inputs
 from parsers.values import Sym
 from parsers.walk import convert_nodes
@@ -46,7 +46,9 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     except ValueError as exc:
         raise InputError(str(exc)) from None
     model = read_model(path, max_bytes)
-    return convert_model(model, input_shapes, batch_axes, frame_axes, budget=budget)
+    graph = convert_model(model, input_shapes, batch_axes, frame_axes, budget=budget)
+    check_types(model, path)  # after the converter, whose refusals name the node and the cause
+    return graph
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -110,7 +110,8 @@ def _convert(ctx: Context, node: onnx.NodeProto, inputs: list) -> list:
         if isinstance(value, Sym) and value.batch_axis is not None and not (
                 0 <= value.batch_axis < value.rank and value.shape[value.batch_axis] == 1):
             raise BatchLayoutError(node.op_type, ctx.opset, label,
-                                   f"its result {value.shape} has {value.shape[value.batch_axis] if value.batch_axis < value.rank else '?'} "
+                                   f"its result {value.shape} has "
+                                   f"{value.shape[value.batch_axis] if value.batch_axis < value.rank else '?'} "
                                    f"entries on the batch axis {value.batch_axis}: it mixes samples (the input's batch "
                                    "axis may not be where popqorn assumed; give batch_axes=...)")
     return outputs

@@ -230,3 +230,45 @@ def test_threads_flag(model, capsys):
         assert code == 0 and torch.get_num_threads() == 1, err  # the default
     finally:
         torch.set_num_threads(before)
+
+
+def test_domain_options(model, capsys, tmp_path):
+    folder, path = model
+    base = ("certify", path, "--input", folder / "x.npy", "--norm", "inf", "--ball", "sequence", "--limit", "2", "--json")
+    code, out, _ = run(capsys, *base)
+    plain = json.loads(out)
+    code, out, _ = run(capsys, *base, "--domain=-1,1")
+    clipped = json.loads(out)
+    assert code == 0 and clipped["domain"] == {"low": -1.0, "high": 1.0} and plain["domain"] is None
+    for before, after in zip(plain["samples"], clipped["samples"]):
+        assert after["radius"] >= before["radius"] * (1 - 1e-3)
+    np.savez(tmp_path / "range.npz", low=np.full(models.FEATURES, -1.0), high=np.ones(models.FEATURES))
+    code, out, _ = run(capsys, *base, "--domain-file", tmp_path / "range.npz")
+    assert code == 0 and [s["radius"] for s in json.loads(out)["samples"]] == [s["radius"] for s in clipped["samples"]]
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "1", "--domain", "0,1")
+    assert "domain [0, 1]" in out or code == InputError.exit_code  # samples in [-1, 1]: outside [0, 1] is refused
+    for bad, message in (("1,0", "exceeds"), ("0;1", "LOW,HIGH"), ("nan,1", "NaN")):
+        code, _, err = run(capsys, *base, "--domain", bad)
+        assert code == InputError.exit_code and message in err and err.count("\n") == 1
+    code, _, err = run(capsys, "certify", path, "--input", folder / "x.npy", "--domain", "0,0.5", "--limit", "1")
+    assert code == InputError.exit_code and "outside the domain" in err
+
+
+def test_bounds_and_attack_take_the_domain(model, capsys):
+    folder, path = model
+    code, out, _ = run(capsys, "bounds", path, "--input", folder / "x.npy", "--eps", "0.5", "--domain=-1,1", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["domain"] == {"low": -1.0, "high": 1.0}
+    code, out, _ = run(capsys, "attack", path, "--input", folder / "x.npy", "--eps", "0.5", "--domain=-1,1",
+                       "--limit", "2", "--json")
+    assert code in (0, 1)
+
+
+def test_alpha_method_from_the_command_line(model, capsys):
+    folder, path = model
+    base = ("certify", path, "--input", folder / "x.npy", "--norm", "2", "--limit", "2", "--json")
+    crown = json.loads(run(capsys, *base)[1])
+    code, out, _ = run(capsys, *base, "--method", "alpha", "--optimize-steps", "4", "--optimize-intermediate", "none")
+    alpha = json.loads(out)
+    assert code == 0 and alpha["method"] == "alpha"
+    assert all(a["radius"] >= c["radius"] * (1 - 1e-3) for a, c in zip(alpha["samples"], crown["samples"]))

@@ -59,10 +59,10 @@ class Batch:
     def size(self) -> int:
         return self.center.shape[0]
 
-    def select(self, rows: Tensor) -> "Batch":
+    def select(self, rows: Tensor) -> Batch:
         return Batch(self.graph, self.node, self.center[rows], {k: v[rows] for k, v in self.fixed.items()})
 
-    def repeat(self, times: int) -> "Batch":
+    def repeat(self, times: int) -> Batch:
         """Each sample `times` times in a row (sample-major), for per-frame variants."""
         return Batch(self.graph, self.node, self.center.repeat_interleave(times, 0),
                      {k: v.repeat_interleave(times, 0) for k, v in self.fixed.items()})
@@ -114,6 +114,11 @@ def as_eps(eps: float | np.ndarray | Tensor, batch: Batch) -> Tensor:
         raise InputError(f"eps has {values.shape[0]} values for {batch.size} samples")
     if not torch.isfinite(values).all() or (values < 0).any():
         raise InputError(f"eps must be finite and >= 0, got {eps!r}")
+    limit = math.sqrt(torch.finfo(batch.center.dtype).max)  # products of two such values still fit the dtype
+    reach = values + batch.center.abs().amax(dim=1)
+    if (reach > limit).any():
+        raise InputError(f"eps {float(values.max()):g} with inputs up to {float(batch.center.abs().max()):g} leaves "
+                         f"{batch.center.dtype} arithmetic (over {limit:.3g}); use a smaller radius")
     return values
 
 
@@ -170,6 +175,9 @@ def bound_outputs(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], eps: f
     else:
         with torch.no_grad():
             lower, upper = propagator.bound(out.node)
+    if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+        raise InputError("the bounds are not finite (inf/NaN): the weights or inputs are too large for "
+                         f"{batch.center.dtype} arithmetic at this radius")
     return _to_output_layout(out, lower), _to_output_layout(out, upper)
 
 

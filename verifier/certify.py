@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -72,7 +72,6 @@ class SampleResult:
 
 def margin_spec(labels: Tensor, num_classes: int, target: int | None) -> Tensor:
     """Rows e_label - e_j for every j != label (untargeted) or the single row for j = target."""
-    batch = labels.shape[0]
     eye = torch.eye(num_classes, dtype=torch.float64, device=labels.device)
     if target is not None:
         return (eye[labels] - eye[target])[:, None, :]

@@ -225,6 +225,8 @@ def _sequence_input(node, x, layout: int, ctx: Context) -> tuple[Sym, int, int]:
     if x.shape[batch_axis] != 1 or x.batch_axis not in (None, batch_axis):
         raise ctx.unsupported(node, f"X of shape {x.shape} does not have its batch on axis {batch_axis}")
     steps = x.shape[1] if layout else x.shape[0]
+    if steps < 1 or x.shape[2] < 1:
+        raise ctx.unsupported(node, f"X of shape {x.shape} is empty: no time steps or no features")
     return x, steps, x.shape[2]
 
 
@@ -258,7 +260,10 @@ def _setup(node, inputs, ctx: Context, op: str):
     gates = GATES[op]
     if weight.ndim != 3 or recurrence.ndim != 3:
         raise ctx.unsupported(node, f"W {weight.shape} and R {recurrence.shape} must have rank 3")
-    hidden = int(attrs.get("hidden_size") or recurrence.shape[-1])
+    declared_hidden = attrs.get("hidden_size")
+    if declared_hidden is not None and int(declared_hidden) < 1:
+        raise ctx.unsupported(node, f"hidden_size {declared_hidden} must be positive")
+    hidden = int(declared_hidden or recurrence.shape[-1])
     if weight.shape != (directions, gates * hidden, input_size) or recurrence.shape != (directions, gates * hidden, hidden):
         raise ctx.unsupported(node, f"W {weight.shape} / R {recurrence.shape} do not match {directions} direction(s), "
                                     f"hidden {hidden}, input {input_size}")
@@ -269,6 +274,8 @@ def _setup(node, inputs, ctx: Context, op: str):
     length = _sequence_length(node, inputs[4] if len(inputs) > 4 else None, steps, ctx)
     clip = attrs.get("clip")
     clip = None if clip is None else float(clip)
+    if clip is not None and not clip > 0:  # NaN included; onnxruntime refuses these too
+        raise ctx.unsupported(node, f"clip {clip} must be a positive number")
     activations = parse_activations(node, attrs, op, directions, ctx)
     h0 = _initial_state(node, inputs[5] if len(inputs) > 5 else None, directions, hidden, layout, "initial_h", ctx)
     where = f"{op} node {node.name or node.output[0]!r} ({steps:,} steps, hidden {hidden:,}, {directions} direction(s))"

@@ -35,7 +35,7 @@ def make_model(op: str, opset: int = 14, seed: int = 0, direction: str = "forwar
         tensors["seq"] = np.full(B, sequence_lens)
     names.append("seq" if sequence_lens is not None else "")
     state_shape = (B, d, H) if layout else (d, B, H)
-    for k, state in enumerate(("h0", "c0")[: 2 if op == "LSTM" else 1]):
+    for state in ("h0", "c0")[: 2 if op == "LSTM" else 1]:
         if initial == "const":
             tensors[state] = np.repeat(rng.uniform(-1, 1, (d, 1, H)), B, axis=1).transpose((1, 0, 2) if layout else (0, 1, 2))
             names.append(state)

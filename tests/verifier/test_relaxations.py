@@ -10,15 +10,21 @@ import pytest
 import torch
 
 from verifier import activations
-from verifier.ir import Act, ActivationFn, SIGMOID, TANH
-from verifier.relaxations import (interval_activation, interval_product, relax_activation,
-                                  relax_product_mccormick, relax_product_planes)
+from verifier.ir import SIGMOID, TANH, Act, ActivationFn
+from verifier.relaxations import (
+    interval_activation,
+    interval_product,
+    relax_activation,
+    relax_product_mccormick,
+    relax_product_planes,
+)
 
 ACTIVATIONS = [SIGMOID, TANH, ActivationFn(Act.RELU), ActivationFn(Act.LEAKY_RELU, 0.1), ActivationFn(Act.LEAKY_RELU, 3.0),
                ActivationFn(Act.LEAKY_RELU, -0.5), ActivationFn(Act.CLIP, -1.0, 2.0), ActivationFn(Act.CLIP, -math.inf, 0.5),
                ActivationFn(Act.ELU, 1.0), ActivationFn(Act.ELU, 2.5), ActivationFn(Act.ELU, -0.7), ActivationFn(Act.SOFTPLUS),
                ActivationFn(Act.SOFTSIGN), ActivationFn(Act.THRESHOLDED_RELU, 0.5), ActivationFn(Act.THRESHOLDED_RELU, -0.5)]
-PRODUCTS = [(SIGMOID, None), (None, SIGMOID), (TANH, SIGMOID), (SIGMOID, TANH), (TANH, None), (TANH, TANH), (SIGMOID, SIGMOID), (None, None),
+PRODUCTS = [(SIGMOID, None), (None, SIGMOID), (TANH, SIGMOID), (SIGMOID, TANH), (TANH, None), (TANH, TANH), (SIGMOID, SIGMOID),
+            (None, None),
             (ActivationFn(Act.RELU), TANH)]
 
 
@@ -112,7 +118,8 @@ def _gap_volume(left_fn, right_fn, planes, xl, xu, yl, yu) -> torch.Tensor:
 def test_joint_planes_are_tighter_than_mccormick_on_gate_boxes(left_fn, right_fn, ratio):
     generator = torch.Generator().manual_seed(7)
     count = 2000
-    centre_x, centre_y = torch.randn(count, generator=generator, dtype=torch.float64) * 2, torch.randn(count, generator=generator, dtype=torch.float64)
+    centre_x = torch.randn(count, generator=generator, dtype=torch.float64) * 2
+    centre_y = torch.randn(count, generator=generator, dtype=torch.float64)
     width_x = 0.1 + 3.9 * torch.rand(count, generator=generator, dtype=torch.float64)
     width_y = 0.1 + 3.9 * torch.rand(count, generator=generator, dtype=torch.float64)
     box = (centre_x - width_x / 2, centre_x + width_x / 2, centre_y - width_y / 2, centre_y + width_y / 2)

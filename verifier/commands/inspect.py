@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe(graph: ir.Graph, model: str) -> dict:
+    from verifier.canonical import describe_products  # torch-free
     """The inspect report as plain data (the --json contract)."""
     sizes = graph.sizes()
     return {
@@ -30,6 +31,7 @@ def describe(graph: ir.Graph, model: str) -> dict:
                    "input_size": c.input_size, "hidden_size": c.hidden_size, "details": c.details} for c in graph.cells],
         "nodes": dict(Counter(type(n).__name__ for n in graph.nodes)),
         "neurons": sum(sizes[n.name] for n in graph.nodes if isinstance(n, (ir.Activation, ir.Product))),
+        "products": describe_products(graph),
         "notes": list(graph.notes),
     }
 
@@ -63,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
               f"input {size}, hidden {cell['hidden_size']}{extra}")
     counts = ", ".join(f"{count} {kind}" for kind, count in sorted(report["nodes"].items()))
     print(f"  IR: {counts}; {report['neurons']} nonlinear neurons")
+    if report["products"]:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in report["products"].items())
+        print(f"  products (neurons, by relaxation kind): {kinds}")
     for note in report["notes"]:
         print(f"  note: {note}")
     return 0

@@ -71,7 +71,8 @@ def add_threat(parser: argparse.ArgumentParser) -> None:
                         help="frame: each perturbed frame has its own ball (POPQORN); sequence: one ball over all perturbed frames")
     parser.add_argument("--frames", help="0-based frames to perturb, e.g. 0,3 (default: all)")
     parser.add_argument("--domain", metavar="LOW,HIGH",
-                        help="valid input range intersected with every ball, e.g. 0,1 for pixels (default: none)")
+                        help="valid input range intersected with every ball, e.g. 0,1 for pixels; a negative LOW needs "
+                             "the = form: --domain=-1,1 (default: none)")
     parser.add_argument("--domain-file", metavar="NPZ",
                         help="per-feature valid range: an .npz with arrays 'low' and 'high' shaped like one sample "
                              "(the input's shape without its batch axis; broadcasting allowed)")
@@ -322,3 +323,18 @@ def parse_float(text: str, name: str, minimum: float | None = 0.0) -> float:
     if not np.isfinite(value) or (minimum is not None and value < minimum):
         raise InputError(f"{name} must be finite and >= {minimum:g}, not {text}")
     return value
+
+
+MAX_SEED = 2**63 - 1
+
+
+def seed_value(text: str) -> int:
+    """--seed as argparse reads it: an integer in 0..2**63-1, what numpy's and torch's generators
+    both take (anything else used to end in an internal error deep in the attack or sampler)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected an integer") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed {seed} out of range 0..{MAX_SEED}")
+    return seed
