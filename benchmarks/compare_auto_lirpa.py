@@ -27,8 +27,8 @@ import torch
 from onnx import numpy_helper
 
 import parsers
-from verifier.certify import SearchOptions, certify, margin_lower_bounds, margin_spec
 from verifier.bounds import make_batch, relaxer_for
+from verifier.certify import SearchOptions, certify, margin_lower_bounds, margin_spec
 from verifier.threat import ThreatModel
 
 

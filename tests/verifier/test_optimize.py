@@ -17,7 +17,7 @@ from tests.verifier.sampling import gradient_deltas, random_deltas
 from verifier import activations
 from verifier.bounds import bound_outputs, make_batch, relaxer_for
 from verifier.certify import SearchOptions, certify, margin_lower_bounds, margin_spec
-from verifier.ir import SIGMOID, TANH, ActivationFn, Act
+from verifier.ir import SIGMOID, TANH, Act, ActivationFn
 from verifier.optimize import OptimizeOptions
 from verifier.relaxations.base import Interval
 from verifier.relaxations.optimizable import identity_lines, lines_from_slopes, mixed_mccormick, slope_range
