@@ -119,6 +119,9 @@ def _read_npy(stream: BinaryIO, available: int, path: str, member: str, budget: 
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise InputError(f"cannot read {what} file {path}: array {member!r} has dtype {dtype}; popqorn reads "
                          "plain numeric arrays (never pickled objects)")
+    if any(int(dim) < 0 for dim in shape):
+        raise InputError(f"cannot read {what} file {path}: array {member!r} declares a negative dimension "
+                         f"{tuple(shape)}")
     count = 1
     for dim in shape:
         count *= int(dim)

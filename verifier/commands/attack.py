@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=int, help="look for inputs classified as this class")
     parser.add_argument("--steps", type=int, default=100, help="PGD steps (default 100)")
     parser.add_argument("--restarts", type=int, default=5, help="random restarts (default 5)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=options.seed_value, default=0)
     options.add_device(parser)
     options.add_threads(parser)
     parser.add_argument("--out", metavar="ADV.npy", help="write the counterexamples found, stacked in the model's layout")

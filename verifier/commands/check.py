@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX model file")
     parser.add_argument("--samples", type=int, default=8,
                         help=f"random samples per input (default 8, at most {MAX_SAMPLES})")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=options.seed_value, default=0)
     parser.add_argument("--tol", default="1e-5", help="largest absolute difference accepted (default 1e-5)")
     parser.add_argument("--input", help="check on these samples instead: .npy (single-input model) or .npz with 'x' "
                                         "and every other model input under its name; dynamic dimensions are taken "
@@ -75,9 +75,21 @@ def _read_inputs(graph: ir.Graph, path: str) -> dict[str, np.ndarray]:
     if missing:
         raise InputError(f"{path} has arrays {list_members(path)}; an .npz input needs "
                          f"{', '.join(repr(name) for name in missing)} (one array per model input, by name)")
-    return {node.onnx_name: check_layout(node, as_real(data[node.onnx_name], f"{path}: {node.onnx_name!r}"),
-                                         f"{path}: {node.onnx_name!r}").astype(np.float32)
+    return {node.onnx_name: cast_within_range(check_layout(node, as_real(data[node.onnx_name], f"{path}: {node.onnx_name!r}"),
+                                                           f"{path}: {node.onnx_name!r}"), np.float32,
+                                              f"{path}: {node.onnx_name!r}")
             for node in graph.inputs}
+
+
+def cast_within_range(array: np.ndarray, dtype, what: str) -> np.ndarray:
+    """`array` as `dtype`; finite values beyond that type's range are refused (they would become
+    inf, and the comparison would be about other inputs than the file's)."""
+    finite = np.abs(array[np.isfinite(array)])
+    limit = float(np.finfo(dtype).max)
+    if finite.size and float(finite.max()) > limit:
+        raise InputError(f"{what} holds values up to {float(finite.max()):g}, beyond the range of "
+                         f"{np.dtype(dtype).name} (at most {limit:g}) that the model is fed")
+    return array.astype(dtype)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     feeds = _read_inputs(graph, args.input) if args.input else random_feeds(graph, args.samples, args.seed)
     model = OnnxModel(args.model, threads=threads)
     # both sides see the values the file takes (e.g. rounded to float16 for a float16 input)
-    feeds = {name: value.astype(model.input_dtype(name)) for name, value in feeds.items()}
+    feeds = {name: cast_within_range(value, model.input_dtype(name), f"input {name!r}") for name, value in feeds.items()}
     got = verifier.evaluate(graph, {name: value.astype(np.float64) for name, value in feeds.items()})
     concrete, _ = graph.specialize(feeds)  # the loaded graph lists no outputs while dimensions are open
     expected = model.run(graph, feeds, list(concrete.outputs))

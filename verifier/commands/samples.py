@@ -204,7 +204,8 @@ def check_labels(labels: np.ndarray | list, count: int | None = None, classes: i
                          "(one-hot rows? take their argmax)")
     array = array.reshape(-1)
     if kind == "f":
-        bad = array[~np.isfinite(array) | (np.mod(array, 1) != 0)] if array.size else array
+        finite = np.isfinite(array)
+        bad = array[~finite] if not finite.all() else array[np.mod(array, 1) != 0]  # no mod of inf (a warning)
         if bad.size:
             raise InputError(f"{what}s must be whole numbers (class indices), not {bad[0]:g}")
     if count is not None and array.shape[0] != count:

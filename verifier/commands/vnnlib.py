@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-boxes", type=int, default=20000, help="input boxes to bound before answering unknown")
     parser.add_argument("--max-cases", type=int, default=MAX_TERMS,
                         help=f"cap on the cases of the property's disjunctive normal form (default {MAX_TERMS:,})")
-    parser.add_argument("--seed", type=int, default=0, help="attack seed")
+    parser.add_argument("--seed", type=options.seed_value, default=0, help="attack seed")
     options.add_threads(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--prepare", action="store_true",
