@@ -25,7 +25,7 @@ def decide(model_path: str, property_path: str, deadline: Deadline, *, input_sha
     and onnxruntime (1 by default: the engine's tensors are small, and more threads mostly wait
     on each other; on a loaded machine 2 threads made one bound pass 20x slower)."""
     import parsers
-    from verifier.vnnlib.model import concrete_graph, open_model
+    from verifier.vnnlib.model import check_instance, concrete_graph, open_model
     from verifier.vnnlib.spec import read_property
 
     begin = time.perf_counter()
@@ -36,7 +36,7 @@ def decide(model_path: str, property_path: str, deadline: Deadline, *, input_sha
         work.check()
         graph = parsers.load_onnx(model_path, input_shapes=input_shapes or None)
         model = open_model(model_path, threads)
-        concrete_graph(graph, prop)
+        check_instance(concrete_graph(graph, prop), prop)
         if prepare_only:
             return None, prop
         import torch

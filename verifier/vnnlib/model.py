@@ -63,3 +63,23 @@ def _bind_shape(node: ir.Input, prop: Property) -> tuple[int, ...]:
             raise InputError(f"the property's {prop.inputs} inputs do not fit the model's input shape {list(node.shape)}")
         shape[open_axes[0]] = prop.inputs // known
     return tuple(shape)
+
+
+BOX_LIMIT = float(np.sqrt(np.finfo(np.float64).max))  # beyond it, widths and products of bounds overflow
+
+
+def check_instance(graph: ir.Graph, prop: Property) -> None:
+    """What the solver would refuse later, refused while preparing (so `--prepare` answers for the
+    instance): an output count that does not match, or input bounds too large for the arithmetic."""
+    names = [o.onnx_name for o in graph.outputs]
+    if not names:
+        raise InputError("the model has no outputs to check the property against")
+    out = graph.outputs[names.index(prop.output_name) if prop.output_name in names else 0]
+    if prop.outputs != out.size:
+        raise InputError(f"the property declares {prop.outputs} outputs; the model's output "
+                         f"{out.onnx_name!r} has {out.size} elements")
+    largest = max((float(np.abs(bound).max(initial=0.0)) for case in prop.cases for bound in (case.lower, case.upper)),
+                  default=0.0)
+    if largest > BOX_LIMIT:
+        raise InputError(f"the property bounds inputs at up to {largest:g}, too large for bound arithmetic "
+                         f"(at most {BOX_LIMIT:.2g})")
