@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     model.input_dtype(samples.input_name)  # a non-real input is refused before any work
     options.check_magnitude(eps, samples.x, "float64")
     model_dtype = np.dtype(model.input_dtype(samples.input_name)).name
-    if np.isfinite(np.finfo(model_dtype).max) and eps + float(np.abs(samples.x).max(initial=0)) > np.finfo(model_dtype).max:
+    largest = float(np.abs(samples.x[np.isfinite(samples.x)]).max(initial=0))  # NaN/inf are refused by name below
+    if np.isfinite(np.finfo(model_dtype).max) and eps + largest > np.finfo(model_dtype).max:
         raise InputError(f"--eps {eps:g}: the perturbed inputs would overflow the model's {model_dtype} input")
     feeds = samples.all_feeds()
     batch = make_batch(graph, feeds, input_name=args.input_name, device=device, dtype=torch.float64)

@@ -102,6 +102,8 @@ def _in_process(args: argparse.Namespace, started: float, timeout: float | None)
                           max_boxes=args.max_boxes, max_cases=args.max_cases, seed=args.seed,
                           threads=args.threads, prepare_only=args.prepare)
     if args.prepare:
+        if prop is None:  # the deadline passed before the property was read
+            raise InputError(f"--prepare: {args.model} with {args.property} was not read within --timeout {timeout:g}s")
         print(f"ok: {args.model} with {args.property} (VNN-LIB {prop.version}, {len(prop.cases)} input boxes)")
         return 0
     return _report(args, reply_of(answer, prop), started)
