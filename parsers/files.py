@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 
 from verifier.errors import ModelFileError
 
@@ -35,6 +36,7 @@ def read_model(path: str | os.PathLike, max_bytes: int = MAX_MODEL_BYTES) -> onn
         raise ModelFileError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
     if not model.graph.node and not model.graph.output:
         raise ModelFileError(f"{path} is not an ONNX model (empty graph)")
+    check_text(model, path)
     load_external_data(model, path.resolve().parent, max_bytes - size)
     check_opsets(model)
     try:
@@ -43,6 +45,29 @@ def read_model(path: str | os.PathLike, max_bytes: int = MAX_MODEL_BYTES) -> onn
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"{path} fails onnx.checker: {first}") from exc
     return model
+
+
+def check_text(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Every name and string attribute is UTF-8 text: protobuf hands undecodable strings (a flipped
+    bit in a node name) over as bytes, which nothing downstream expects. Tensors are checked by
+    their names only, so their data is never copied out."""
+    stack: list = [model]
+    while stack:
+        message = stack.pop()
+        if isinstance(message, onnx.TensorProto):
+            fields = [(message.DESCRIPTOR.fields_by_name["name"], message.name)]
+            stack.extend(message.external_data)
+        else:
+            fields = message.ListFields()
+        for field, value in fields:
+            values = [value] if isinstance(value, (str, bytes, Message)) else value  # repeated: a container
+            if field.type == field.TYPE_MESSAGE:
+                stack.extend(values)
+            elif field.type == field.TYPE_STRING:
+                for text in values:
+                    if not isinstance(text, str):
+                        raise ModelFileError(f"{path}: a {message.DESCRIPTOR.name} field {field.name!r} is not UTF-8 "
+                                             f"text ({bytes(text)[:40]!r}); the file is damaged")
 
 
 def check_types(model: onnx.ModelProto, path: str | os.PathLike) -> None:
