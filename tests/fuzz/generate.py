@@ -90,6 +90,11 @@ def damaged_bytes(source: str, how: str, seed: int) -> bytes:
         span = rng.integers(0, 256, int(rng.integers(1, 33)), dtype=np.uint8).tobytes()
         data[start:start + len(span)] = span
         return bytes(data)
+    if how == "not-utf8":  # a name whose bytes are no UTF-8 (protobuf then yields bytes, not str)
+        name = b"to_time_major" if b"to_time_major" in data else b"Constant"
+        at = data.index(name)
+        data[at + len(name) // 2] = 0xEE
+        return bytes(data)
     if how == "splice":
         start, stop = sorted(int(p) for p in rng.integers(0, len(data), 2))
         at = int(rng.integers(0, len(data)))
@@ -99,7 +104,7 @@ def damaged_bytes(source: str, how: str, seed: int) -> bytes:
 
 def byte_cases(count_per_kind: int = 3, sources=("RNN", "LSTM", "GRU", "digits_gru_t8_h16")) -> list[Case]:
     cases = []
-    for how in ("truncate", "bitflip", "overwrite", "splice"):
+    for how in ("truncate", "bitflip", "overwrite", "splice", "not-utf8"):
         for k in range(count_per_kind):
             source = sources[k % len(sources)]
             seed = 1000 * k + len(how)
