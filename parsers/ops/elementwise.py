@@ -95,7 +95,12 @@ def mul(node, inputs, ctx):
 def div(node, inputs, ctx):
     inputs = [inputs[0], ctx.constant(node, inputs[1], "the divisor")]
     a, b, shape, batch = prepare_binary(ctx, *inputs)
-    return [_scale_shift(ctx, a, 1.0 / b, 0.0, shape, batch, "div")]
+    with np.errstate(divide="ignore", over="ignore"):
+        reciprocal = 1.0 / np.asarray(b, dtype=np.float64)
+    if not np.isfinite(reciprocal).all():
+        raise ctx.unsupported(node, "the divisor holds 0 (or values so small that 1/b overflows): the result is "
+                                    "infinite or NaN")
+    return [_scale_shift(ctx, a, reciprocal, 0.0, shape, batch, "div")]
 
 
 @converter("Neg", since=1)
