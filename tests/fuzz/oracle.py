@@ -75,10 +75,12 @@ def assert_radii_hold(outcome: Outcome, model: Path, x: np.ndarray) -> int:
         y = run_onnx(model, points)
         if y is None:
             return checked
-        predictions = y.reshape(len(points), -1).argmax(axis=1)
+        y = y.reshape(len(points), -1)
+        y = y[np.isfinite(y).all(axis=1)]  # float32 overflow in the file: no class to compare (see check)
+        predictions = y.argmax(axis=1)
         assert (predictions == row["label"]).all(), (f"sample {row['index']}: certified radius {radius:g} but "
                                                      f"onnxruntime predicts {predictions}\n{outcome.describe()}")
-        checked += len(points)
+        checked += len(y)
     return checked
 
 

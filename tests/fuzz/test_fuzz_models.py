@@ -2,7 +2,7 @@
 shipped and tiny models, structural mutations (dims, types, names, cycles, operators, opsets,
 attributes, weights), hostile sizes (Loop trip counts, huge constants, 10^6 steps) and random op
 chains. Each ends in a one-line refusal or an answer; an accepted model's bounds must contain
-onnxruntime's outputs on the original file."""
+onnxruntime's outputs on the original file, and its certified radii must hold there."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from tests.fuzz import generate
 from tests.fuzz.conftest import scale
-from tests.fuzz.oracle import assert_bounds_hold
+from tests.fuzz.oracle import assert_bounds_hold, assert_radii_hold
 from tests.fuzz.runner import ends_well, refused, run_fresh
 
 EPS = 0.05
@@ -93,6 +93,10 @@ def test_model_is_refused_or_answered_soundly(case, popqorn, tmp_path):
     bounds = ends_well(popqorn.run(["bounds", path, "--input", tmp_path / "x.npy", "--eps", EPS, "--json"]))
     if bounds.kind == "answer":
         assert_bounds_hold(bounds, path, x, EPS)
+    certify = ends_well(popqorn.run(["certify", path, "--input", tmp_path / "x.npy", "--json", "--no-progress",
+                                     "--tol", "0.05"]))
+    if certify.kind == "answer":
+        assert_radii_hold(certify, path, x)
 
 
 def test_shipped_model_damaged_in_many_ways_in_one_pass(popqorn, tmp_path):
