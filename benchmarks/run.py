@@ -1,13 +1,15 @@
 """Speed, memory and tightness of the engine across cells, hidden sizes and sequence lengths.
 
-    python -m benchmarks.run --quick                 # < 2 minutes on a 2-core CPU
+    python -m benchmarks.run --quick                 # a few minutes on a 2-core CPU
     python -m benchmarks.run --device cuda --out benchmarks/results/gpu.json
+    python -m benchmarks.run --gpu-probe --out benchmarks/results/gpu_probe.json   # fits in ~5 min of a GPU
 
 Models are random (fixed seeds) torch cell loops exported to ONNX and parsed like any user model,
 so the figures include nothing the product would not do. For every (cell, H, T) and method:
 time per bound call, per radius search (one sample), samples/s when a batch is searched at once,
-peak memory, and the mean certified radius. Ratios between methods come from the same run; absolute
-seconds on shared machines are indicative only. Time growth in T and H is fitted as a power law.
+peak memory, and the mean certified radius. Times are medians of repeats (the spread is reported);
+ratios between methods come from the same run; absolute seconds on shared machines are indicative
+only. Time growth in T and H is fitted as a power law to the medians.
 """
 
 from __future__ import annotations
@@ -123,13 +125,15 @@ def measure(graph, method: str, samples: np.ndarray, eps: float, norm: float, de
     out = graph.outputs[0].node
     margin_lower_bounds(graph, single, eps_t, threat, spec, relaxer, out)  # warm-up
     _sync(device)
+    times = []
     with PeakMemory(device) as memory:
-        started = time.perf_counter()
         for _ in range(repeats):
+            started = time.perf_counter()
             with torch.no_grad():
                 margin_lower_bounds(graph, single, eps_t, threat, spec, relaxer, out)
-        _sync(device)
-        bound_s = (time.perf_counter() - started) / repeats
+            _sync(device)
+            times.append(time.perf_counter() - started)
+    bound_s, spread_s = float(np.median(times)), float(np.ptp(times))
     options = SearchOptions(method=method, tol=1e-3)
     started = time.perf_counter()
     one = certify(graph, samples[:1], norm, options=options, device=device, dtype=dtype)
@@ -140,7 +144,8 @@ def measure(graph, method: str, samples: np.ndarray, eps: float, norm: float, de
     _sync(device)
     batch_s = time.perf_counter() - started
     radii = [r.radius for r in many if not r.misclassified]
-    return {"bound_call_s": bound_s, "radius_search_s": search_s, "batched_samples_per_s": len(samples) / batch_s,
+    return {"bound_call_s": bound_s, "bound_call_spread_s": spread_s, "repeats": repeats,
+            "radius_search_s": search_s, "batched_samples_per_s": len(samples) / batch_s,
             "mean_radius": float(np.mean(radii)) if radii else 0.0, "radius_first_sample": one[0].radius,
             **memory.figures()}
 
@@ -156,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small grid, under two minutes on a 2-core CPU")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the CLI)")
+    parser.add_argument("--gpu-probe", action="store_true",
+                        help="the few-minute GPU probe instead (benchmarks.gpu_probe: LSTM/GRU H 32-256, T 8-56, "
+                             "batch 32, kernel launches and peak GPU memory)")
     parser.add_argument("--norm", default="2")
     parser.add_argument("--cells", default=",".join(CELLS))
     parser.add_argument("--hidden", help="comma-separated hidden sizes")
@@ -164,7 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--batch", type=int, default=8, help="samples per batched radius search")
     parser.add_argument("--out", help="write results JSON here")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.gpu_probe:
+        import sys
+
+        from benchmarks import gpu_probe
+        sys.argv = [sys.argv[0], *rest, *(["--out", args.out] if args.out else [])]
+        gpu_probe.main()
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     norm = math.inf if args.norm == "inf" else float(args.norm)
@@ -173,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = args.cells.split(",")
     methods = args.methods.split(",")
     batch = 4 if args.quick else args.batch
-    repeats = 3 if args.quick else 5
+    repeats = 5 if args.quick else 7  # figures are medians of the repeats, exponents fitted to medians
     rng = np.random.default_rng(0)
     rows = []
     print(f"device={device} dtype={args.dtype} norm={args.norm} cpu_threads={torch.get_num_threads()}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+POPQORN_FRONT_END = True  # lets the CLI tell this package from another one named `parsers`
+
 _PUBLIC = {
     "load_onnx": "parsers.loader",
     "convert_model": "parsers.loader",

@@ -102,3 +102,19 @@ def test_max_difference_counts_nan_and_shape_mismatches():
     assert max_difference(np.array([1.0, np.nan]), np.array([1.0, np.nan])) == 0.0
     assert max_difference(np.array([1.0, 2.0]), np.array([1.0, np.nan])) == float("inf")
     assert max_difference(np.zeros((2, 3)), np.zeros((3, 2))) == float("inf")
+
+
+def test_a_foreign_parsers_package_is_named(tmp_path, monkeypatch, capsys):
+    """The design card's generic package name can collide: the CLI says so instead of failing oddly."""
+    import sys
+    import types
+
+    from verifier.cli import main
+
+    impostor = types.ModuleType("parsers")
+    impostor.__file__ = str(tmp_path / "parsers" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "parsers", impostor)
+    model = Path(__file__).resolve().parents[1] / "models_onnx" / "digits_lstm_t8_h16.onnx"
+    code = main(["inspect", str(model)])
+    err = capsys.readouterr().err
+    assert code == 5 and "not popqorn's front end" in err and err.count("\n") == 1

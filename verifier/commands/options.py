@@ -221,6 +221,10 @@ def load_graph(args: argparse.Namespace) -> ir.Graph:
     whose dimensions stay dynamic carry -1 there and the graph has a `specializer`: the samples
     (see verifier.commands.samples) or --input-shape fix them."""
     import parsers
+    if not getattr(parsers, "POPQORN_FRONT_END", False):  # the design card's generic package name can collide
+        raise InputError(f"the package 'parsers' imported from {getattr(parsers, '__file__', '?')} is not popqorn's "
+                         f"front end (another package of that name comes first on the path); install popqorn in its "
+                         f"own virtual environment")
     shapes = parse_input_shapes(args.input_shape)
     graph = parsers.load_onnx(args.model, input_shapes=shapes or None)
     unknown = sorted(set(shapes) - {n.onnx_name for n in graph.inputs})

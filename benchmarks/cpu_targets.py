@@ -1,0 +1,144 @@
+"""The CPU figures of the speed issue, measured through the command line as a user runs it (start-up
+included), for this tree and optionally an older checkout in the same run:
+
+    python -m benchmarks.cpu_targets --out benchmarks/results/cpu_targets.json \
+        [--before /path/to/older/checkout]        # e.g. `git worktree add /tmp/base 86c1f5d`
+
+  * `popqorn --help` and `popqorn inspect` of a shipped model (target <= 0.5 s);
+  * one bound call of an LSTM with H=64, T=16, 28 features (target <= 1 s);
+  * the shipped digits LSTM (T=8, H=16), 5 samples, l_inf ball over the whole sequence (target <= 5 s);
+  * a vanilla RNN shaped like POPQORN's own (T=7, 112 inputs, H=64, tanh; trained here for two epochs
+    on sequence-MNIST), 10 samples, per-frame l2 and l_inf balls (target <= 2 s each).
+Every figure is the median of --repeats runs (spread reported). All runs use one thread
+(OMP_NUM_THREADS=1), the default of the current CLI; older checkouts had no --threads option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = "import sys; from verifier.cli import main; sys.exit(main(sys.argv[1:]))"
+BOUND_CALL = """
+import sys, time, numpy as np, torch
+import parsers
+from verifier.bounds import make_batch, relaxer_for
+from verifier.certify import margin_spec, margin_lower_bounds
+from verifier.threat import ThreatModel
+graph = parsers.load_onnx(sys.argv[1])
+x = np.random.default_rng(0).uniform(0, 1, (1, 16, 28)).astype(np.float32)
+batch = make_batch(graph, x, dtype=getattr(torch, sys.argv[3]))
+graph = getattr(batch, "graph", graph)
+spec = margin_spec(torch.zeros(1, dtype=torch.long), 10, None)
+eps = torch.full((1,), 0.01, dtype=batch.center.dtype)
+times = []
+for _ in range(3):
+    start = time.perf_counter()
+    with torch.no_grad():
+        margin_lower_bounds(graph, batch, eps, ThreatModel(2.0, "frame"), spec, relaxer_for(sys.argv[2]), graph.outputs[0].node)
+    times.append(time.perf_counter() - start)
+print(min(times))
+"""
+
+
+def _env(tree: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _timed(tree: Path, args: list[str], repeats: int) -> dict:
+    """Median wall time of a CLI command run in a fresh interpreter on `tree`."""
+    times, code = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", CLI, *args], env=_env(tree), cwd=tree,
+                              capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        code = done.returncode
+        if code != 0:
+            return {"error": (done.stderr.strip().splitlines() or ["?"])[-1], "exit": code}
+    return {"median_s": statistics.median(times), "spread_s": max(times) - min(times), "runs": len(times)}
+
+
+def _bound_call(tree: Path, model: Path, method: str, dtype: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", BOUND_CALL, str(model), method, dtype], env=_env(tree), cwd=tree,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    return {"best_of_3_s": float(done.stdout.strip().splitlines()[-1])}
+
+
+def _models(folder: Path) -> dict[str, Path]:
+    """The RNN shaped like POPQORN's (trained briefly on sequence-MNIST) and a random LSTM H=64 T=16."""
+    sys.path.insert(0, str(ROOT / "models_onnx"))
+    import common
+    from train_models import SequenceClassifier, export, train
+
+    x_train, y_train, x_held, y_held = common.mnist_split(7)
+    torch.manual_seed(0)
+    rnn = SequenceClassifier("rnn_tanh", 112, 64)
+    train(rnn, x_train, y_train, epochs=2, seed=0)
+    paths = {"rnn": folder / "popqorn_rnn_t7_h64.onnx", "lstm": folder / "lstm_h64_t16.onnx"}
+    export(rnn, paths["rnn"], x_held[:1])
+    np.savez(folder / "popqorn_rnn_t7_h64.samples.npz", x=x_held[:10], y=y_held[:10])
+    torch.manual_seed(0)
+    lstm = SequenceClassifier("lstm", 28, 64).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(lstm, (torch.rand(1, 16, 28),), str(paths["lstm"]), input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    return paths
+
+
+def measure(tree: Path, paths: dict[str, Path], repeats: int, method_note: str) -> dict:
+    digits = ROOT / "models_onnx" / "digits_lstm_t8_h16.onnx"
+    rnn_samples = paths["rnn"].with_suffix(".samples.npz")
+    out: dict = {"tree": str(tree), "methods": method_note}
+    out["help"] = _timed(tree, ["--help"], repeats)
+    out["inspect"] = _timed(tree, ["inspect", str(ROOT / "models_onnx" / "mnist_lstm_t4_h32.onnx")], repeats)
+    for method in ("crown", "popqorn"):
+        for dtype in ("float32", "float64"):
+            out[f"lstm_h64_t16_bound_call_{method}_{dtype}"] = _bound_call(tree, paths["lstm"], method, dtype)
+    certify = ["certify", str(digits), "--input", str(digits.with_suffix(".samples.npz")), "--limit", "5",
+               "--norm", "inf", "--ball", "sequence", "--no-progress"]
+    out["digits_lstm_5_linf_sequence"] = _timed(tree, certify, repeats)
+    for norm in ("2", "inf"):
+        rnn = ["certify", str(paths["rnn"]), "--input", str(rnn_samples), "--norm", norm, "--no-progress"]
+        out[f"popqorn_rnn_10_l{norm}_frame"] = _timed(tree, rnn, repeats)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", help="an older checkout to measure in the same run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    report = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "load_before": os.getloadavg(),
+              "date": time.strftime("%Y-%m-%d %H:%M")}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = _models(Path(folder))
+        report["after"] = measure(ROOT, paths, args.repeats, "defaults of this tree (crown, float64)")
+        if args.before:
+            report["before"] = measure(Path(args.before), paths, args.repeats, "defaults of that tree")
+    report["load_after"] = os.getloadavg()
+    text = json.dumps(report, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
