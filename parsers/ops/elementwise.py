@@ -8,6 +8,7 @@ from parsers.context import Context
 from parsers.errors import Refusal
 from parsers.registry import converter
 from parsers.values import Sym
+from verifier import activations
 from verifier.ir import Act, ActivationFn
 
 
@@ -130,15 +131,18 @@ def _unary(op: str, kind: Act, since: int = 1, attributes=(), params=lambda a: {
     return convert
 
 
-_unary("Sigmoid", Act.SIGMOID)
-_unary("Tanh", Act.TANH)
-_unary("Relu", Act.RELU)
-_unary("Softplus", Act.SOFTPLUS)
-_unary("Softsign", Act.SOFTSIGN)
-_unary("LeakyRelu", Act.LEAKY_RELU, attributes=("alpha",), params=lambda a: {"alpha": a.get("alpha", 0.01)})
-_unary("Elu", Act.ELU, attributes=("alpha",), params=lambda a: {"alpha": a.get("alpha", 1.0)})
-_unary("ThresholdedRelu", Act.THRESHOLDED_RELU, since=10, attributes=("alpha",),
-       params=lambda a: {"alpha": a.get("alpha", 1.0)})
+def _parameters(spec: activations.ActivationSpec):
+    """ONNX attributes -> ActivationFn fields, with the spec's defaults (the activation table)."""
+    return lambda attrs: {field: attrs.get(name, default)
+                          for (name, default), field in zip(spec.params, ("alpha", "beta"))}
+
+
+# one converter per elementwise activation operator of the table; Clip takes its bounds as inputs
+# since opset 11 and has its own converter below
+for _spec in activations.TABLE.values():
+    for _op in _spec.onnx_names:
+        if _op != "Clip":
+            _unary(_op, _spec.kind, attributes=tuple(name for name, _ in _spec.params), params=_parameters(_spec))
 
 
 @converter("HardSigmoid", since=1, attributes=("alpha", "beta"))

@@ -20,7 +20,10 @@ from parsers.context import Context
 from parsers.ops.elementwise import collapse_fixed_batch
 from parsers.registry import converter
 from parsers.values import Sym
+from verifier import activations
 from verifier.ir import Act, ActivationFn, CellInfo
+
+_TABLE_BY_NAME = {name.lower(): spec for name, spec in activations.BY_ONNX_NAME.items()}
 
 COMMON = ("activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size", "layout")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -53,16 +56,9 @@ class Activation:
         if isinstance(x, np.ndarray):
             return _evaluate(self, x)
         b = ctx.builder
-        simple = {"sigmoid": Act.SIGMOID, "tanh": Act.TANH, "relu": Act.RELU, "softsign": Act.SOFTSIGN,
-                  "softplus": Act.SOFTPLUS}
-        if self.name in simple:
-            return b.activation(x, ActivationFn(simple[self.name]), label)
-        if self.name == "leakyrelu":
-            return b.activation(x, ActivationFn(Act.LEAKY_RELU, self.alpha), label)
-        if self.name == "thresholdedrelu":
-            return b.activation(x, ActivationFn(Act.THRESHOLDED_RELU, self.alpha), label)
-        if self.name == "elu":
-            return b.activation(x, ActivationFn(Act.ELU, self.alpha), label)
+        spec = _TABLE_BY_NAME.get(self.name)  # activations the table knows (alpha/beta as parsed here)
+        if spec is not None and spec.kind is not Act.CLIP:
+            return b.activation(x, ActivationFn(spec.kind, self.alpha, self.beta), label)
         if self.name == "affine":
             return b.scale_shift(x, self.alpha, self.beta, label)
         if self.name == "hardsigmoid":
@@ -286,7 +282,8 @@ def _setup(node, inputs, ctx: Context, op: str):
                               steps=steps, input_size=input_size, hidden_size=hidden,
                               details=", ".join(f"{k}={v}" for k, v in sorted(attrs.items())
                                                 if k in ("clip", "layout", "linear_before_reset", "input_forget", "activations"))))
-    return attrs, layout, direction, directions, x, steps, input_size, weight, recurrence, bias, hidden, length, clip, activations, h0, label
+    return (attrs, layout, direction, directions, x, steps, input_size, weight, recurrence, bias, hidden, length, clip,
+            activations, h0, label)
 
 
 def _order(direction: str, d: int, length: int) -> range:
