@@ -8,9 +8,8 @@ import torch
 from torch import Tensor
 
 from verifier import ir
-from verifier.rules import rule
 from verifier.errors import InputError
-from verifier.tensors import constant
+from verifier.rules import rule
 
 
 def run(graph: ir.Graph, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -20,18 +19,6 @@ def run(graph: ir.Graph, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         if not isinstance(node, ir.Input):
             values[node.name] = rule(node).forward(node, values)
     return values
-
-
-def affine(node: ir.Affine, x: Tensor) -> Tensor:
-    weight = constant(node.weight, x)
-    if weight.ndim == 1:
-        y = x * weight
-    else:
-        batch = x.shape[0]
-        y = (x.reshape(batch, -1, weight.shape[1]) @ weight.T).reshape(batch, -1)
-    if node.bias is not None:
-        y = y + constant(node.bias, x)
-    return y
 
 
 def flatten_feeds(graph: ir.Graph, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:

@@ -23,10 +23,15 @@ from torch import Tensor
 from verifier import ir
 from verifier.propagation import BackwardPass, LineForm, PlaneForm, Propagator
 from verifier.relaxations.base import Lines
-from verifier.relaxations.optimizable import (crown_slopes, factor_interval, identity_lines, lines_from_slopes,
-                                              mixed_mccormick, slope_range)
+from verifier.relaxations.optimizable import (
+    crown_slopes,
+    factor_interval,
+    identity_lines,
+    lines_from_slopes,
+    mixed_mccormick,
+    slope_range,
+)
 from verifier.rules import NONLINEAR
-
 
 INTERMEDIATE = ("shared", "per-row", "none")
 
@@ -168,19 +173,10 @@ def optimized_lower_bounds(propagator: Propagator, node: str, spec: Tensor, opti
             backward = BackwardPass(propagator, relaxations=lambda n: forms[n.name])
             backward.push(node, spec.to(propagator.like))
             lower = backward.run(prefix)
-        value = torch.where(torch.isnan(lower.detach()), -torch.inf, lower.detach())  # NaN certifies nothing
-        best = value if best is None else torch.maximum(best, value)
+        best = _best(best, lower)
         if step == steps or optimizer is None:
             break
-        optimizer.zero_grad()
-        torch.where(torch.isfinite(lower), -lower, torch.zeros_like(lower)).sum().backward()
-        for t in parameters:
-            if t.grad is not None:
-                t.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        optimizer.step()
-        with torch.no_grad():
-            for t in parameters:
-                t.clamp_(0, 1)
+        _ascend(optimizer, parameters, lower)
     if tuning is not None and rows is not None:
         for name, group in theta.items():
             for key, value in group.items():
@@ -291,24 +287,35 @@ def jointly_optimized_lower_bounds(make_propagator, node: str, spec: Tensor, opt
             backward = BackwardPass(propagator, relaxations=tuner(("final",), spec.shape[1]))
             backward.push(node, spec.to(propagator.like))
             lower = backward.run(prefix)
-        value = torch.where(torch.isnan(lower.detach()), -torch.inf, lower.detach())
-        best = value if best is None else torch.maximum(best, value)
+        best = _best(best, lower)
         if step == steps:
             break
         parameters = tuner.parameters()
         if optimizer is None:
             optimizer = torch.optim.Adam(parameters, lr=options.lr)
-        optimizer.zero_grad()
-        torch.where(torch.isfinite(lower), -lower, torch.zeros_like(lower)).sum().backward()
-        for t in parameters:
-            if t.grad is not None:
-                t.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        optimizer.step()
-        with torch.no_grad():
-            for t in parameters:
-                t.clamp_(0, 1)
+        _ascend(optimizer, parameters, lower)
     tuner.keep()
     return best
+
+
+def _best(best: Tensor | None, lower: Tensor) -> Tensor:
+    """The best certified bound per row so far (every iterate is sound; NaN certifies nothing)."""
+    value = torch.where(torch.isnan(lower.detach()), -torch.inf, lower.detach())
+    return value if best is None else torch.maximum(best, value)
+
+
+def _ascend(optimizer: torch.optim.Optimizer, parameters: list[Tensor], lower: Tensor) -> None:
+    """One projected gradient-ascent step on the sum of the finite lower bounds (rows are
+    independent, so the sum ascends each); parameters stay in [0, 1]."""
+    optimizer.zero_grad()
+    torch.where(torch.isfinite(lower), -lower, torch.zeros_like(lower)).sum().backward()
+    for t in parameters:
+        if t.grad is not None:
+            t.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    optimizer.step()
+    with torch.no_grad():
+        for t in parameters:
+            t.clamp_(0, 1)
 
 
 def _ancestors(graph: ir.Graph, node: str) -> list[ir.Node]:

@@ -21,15 +21,7 @@ INSTALL_HINT = 'pip install ".[distributed]" (or pip install ray)'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.add_model(parser)
-    options.add_samples(parser)
-    options.add_threat(parser)
-    options.add_engine(parser)
-    parser.add_argument("--target", type=int,
-                        help="certify against this class only (default: all other classes); samples whose label "
-                             "and prediction are this class are skipped, as certify does")
-    parser.add_argument("--per-frame", action="store_true", help="also the radius when only frame t is perturbed, for every t")
-    parser.add_argument("--tol", default="1e-3", help="relative tolerance of the radius search (default 1e-3)")
+    options.add_certification(parser)
     parser.add_argument("--out", required=True, metavar="JSONL",
                         help="journal of results, one JSON line per sample; rerun the same command to resume it")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers, each holding the parsed model, sent once (default 2)")

@@ -27,15 +27,7 @@ TARGET_IS_LABEL = "label equals --target"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.add_model(parser)
-    options.add_samples(parser)
-    options.add_threat(parser)
-    options.add_engine(parser)
-    parser.add_argument("--target", type=int,
-                        help="certify against this class only (default: all other classes); samples whose label "
-                             "and prediction are this class are skipped (reported with skipped: 'label equals --target')")
-    parser.add_argument("--per-frame", action="store_true", help="also the radius when only frame t is perturbed, for every t")
-    parser.add_argument("--tol", default="1e-3", help="relative tolerance of the radius search (default 1e-3)")
+    options.add_certification(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="samples per batched search (default 16)")
     parser.add_argument("--at", help="comma-separated radii for the certified-fraction summary")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",

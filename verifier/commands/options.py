@@ -78,6 +78,20 @@ def add_threat(parser: argparse.ArgumentParser) -> None:
                              "(the input's shape without its batch axis; broadcasting allowed)")
 
 
+def add_certification(parser: argparse.ArgumentParser) -> None:
+    """What `certify` and `audit` both take: the model, samples, threat model, engine, target,
+    per-frame radii and the search tolerance."""
+    add_model(parser)
+    add_samples(parser)
+    add_threat(parser)
+    add_engine(parser)
+    parser.add_argument("--target", type=int,
+                        help="certify against this class only (default: all other classes); samples whose label "
+                             "and prediction are this class are skipped (reported with skipped: 'label equals --target')")
+    parser.add_argument("--per-frame", action="store_true", help="also the radius when only frame t is perturbed, for every t")
+    parser.add_argument("--tol", default="1e-3", help="relative tolerance of the radius search (default 1e-3)")
+
+
 def add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=DEFAULT_METHOD.value, choices=METHODS,
                         help=f"crown: activation lines and McCormick products; popqorn: POPQORN's joint 2-D planes for "
