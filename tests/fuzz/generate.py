@@ -732,3 +732,71 @@ def cli_combinations(command: str, count: int, seed: int) -> list[list[str]]:
         chosen = rng.choice(len(flags), int(rng.integers(2, 5)), replace=False)
         mixes.append([f"{flags[k]}={rng.choice(CLI_VALUES[flags[k]])}" for k in sorted(chosen)])
     return mixes
+
+
+# ---- random recurrent nodes -------------------------------------------------------------------------
+ACTIVATIONS = {"Tanh": (), "Relu": (), "Sigmoid": (), "LeakyRelu": (0.1,), "HardSigmoid": (0.2, 0.5), "Elu": (1.0,),
+               "Softsign": (), "Softplus": (), "ThresholdedRelu": (0.3,), "ScaledTanh": (1.5, 0.7), "Affine": (0.5, 0.1)}
+DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+
+
+def random_recurrent(seed: int) -> onnx.ModelProto:
+    """One ONNX RNN/GRU/LSTM node with random attributes (direction, activations with their
+    alpha/beta, clip, linear_before_reset, input_forget, peepholes, initial states, which output
+    feeds the head) and weights at random scales: the corners of the converter and of the bounds."""
+    rng = np.random.default_rng(seed)
+    cell = str(rng.choice(list(GATES)))
+    gates, directions = GATES[cell], int(rng.choice([1, 1, 2]))
+    direction = "bidirectional" if directions == 2 else str(rng.choice(["forward", "reverse"]))
+    scale = float(rng.choice([0.1, 0.8, 3.0, 30.0]))
+    weight = lambda *shape: rng.uniform(-scale, scale, shape).astype(np.float32)  # noqa: E731
+    initializers = {"W": weight(directions, gates * HIDDEN, FEATURES), "R": weight(directions, gates * HIDDEN, HIDDEN),
+                    "B": weight(directions, 2 * gates * HIDDEN)}
+    cell_inputs = ["xt", "W", "R", "B", ""]
+    if rng.random() < 0.4:
+        initializers["h0"] = weight(directions, 1, HIDDEN)
+        cell_inputs.append("h0")
+    if cell == "LSTM" and rng.random() < 0.4:
+        initializers["c0"] = weight(directions, 1, HIDDEN)
+        cell_inputs += [""] * (6 - len(cell_inputs)) + ["c0"]
+        if rng.random() < 0.5:
+            initializers["P"] = weight(directions, 3 * HIDDEN)
+            cell_inputs.append("P")
+    attributes: dict = {"hidden_size": HIDDEN, "direction": direction}
+    if rng.random() < 0.6:
+        names = [str(rng.choice(list(ACTIVATIONS))) if rng.random() < 0.5 else default
+                 for _ in range(directions) for default in DEFAULT_ACTIVATIONS[cell]]
+        attributes["activations"] = names
+        alphas = [a for name in names for a in ACTIVATIONS[name][:1]]
+        betas = [b for name in names for b in ACTIVATIONS[name][1:2]]
+        if alphas:
+            attributes["activation_alpha"] = alphas
+        if betas:
+            attributes["activation_beta"] = betas
+    if rng.random() < 0.3:
+        attributes["clip"] = float(rng.uniform(0.1, 5.0))
+    if cell == "GRU":
+        attributes["linear_before_reset"] = int(rng.integers(0, 2))
+    if cell == "LSTM" and rng.random() < 0.3:
+        attributes["input_forget"] = 1
+    use_sequence = rng.random() < 0.5
+    outputs = ["y", "h"] if use_sequence else ["", "h"]
+    if cell == "LSTM":
+        outputs.append("c" if rng.random() < 0.3 else "")
+    feed = "y" if use_sequence else ("c" if "c" in outputs else "h")
+    width = STEPS * directions * HIDDEN if use_sequence else directions * HIDDEN
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2], name="to_time_major"),
+             helper.make_node(cell, cell_inputs, outputs, name="cell", **attributes),
+             helper.make_node("Transpose", [feed], ["fb"], perm=[2, 0, 1, 3] if use_sequence else [1, 0, 2], name="to_batch"),
+             helper.make_node("Flatten", ["fb"], ["flat"], axis=1, name="flatten"),
+             helper.make_node("MatMul", ["flat", "head"], ["logits"], name="head")]
+    initializers["head"] = rng.uniform(-1, 1, (width, CLASSES)).astype(np.float32)
+    graph = helper.make_graph(nodes, f"recurrent_{seed}", [value("x", ["batch", STEPS, FEATURES])],
+                              [value("logits", ["batch", CLASSES])],
+                              [numpy_helper.from_array(array, name) for name, array in initializers.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def recurrent_cases(count: int = 12) -> list[Case]:
+    return [Case(f"recurrent-{seed}", lambda folder, seed=seed: save(random_recurrent(seed), folder / f"rec_{seed}.onnx"))
+            for seed in range(count)]

@@ -1,8 +1,9 @@
 """Fuzzed model files through `inspect`, `check` and `bounds` (issue 13): damaged bytes of the
 shipped and tiny models, structural mutations (dims, types, names, cycles, operators, opsets,
-attributes, weights), hostile sizes (Loop trip counts, huge constants, 10^6 steps) and random op
-chains. Each ends in a one-line refusal or an answer; an accepted model's bounds must contain
-onnxruntime's outputs on the original file, and its certified radii must hold there."""
+attributes, weights), hostile sizes (Loop trip counts, huge constants, 10^6 steps), random op
+chains and random recurrent nodes (every activation, direction, clip, peepholes, initial states).
+Each ends in a one-line refusal or an answer; an accepted model's bounds and certified radii must
+hold at random points of the ball (see oracle.py)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ EXPECTED = {
 }
 
 CASES = (generate.byte_cases(count_per_kind=3 * scale()) + generate.structural_cases() + generate.hostile_size_cases()
-         + generate.chain_cases(count=12 * scale()))
+         + generate.chain_cases(count=12 * scale()) + generate.recurrent_cases(count=12 * scale()))
 
 
 def samples_for(report: dict) -> np.ndarray | None:
@@ -124,4 +125,4 @@ def test_hostile_sizes_in_a_fresh_process_under_the_memory_cap(name, fragment, t
 def test_deep_graph_is_bounded_or_refused_in_time(popqorn, tmp_path):
     path = generate.save(generate.repeated_names(3000), tmp_path / "deep.onnx")
     np.save(tmp_path / "x.npy", generate.samples(2)[:, 0, :].copy())
-    ends_well(popqorn.run(["bounds", path, "--input", tmp_path / "x.npy", "--eps", EPS], timeout=5))
+    ends_well(popqorn.run(["bounds", path, "--input", tmp_path / "x.npy", "--eps", EPS], timeout=3))
