@@ -174,6 +174,13 @@ def _input_is_initializer(model: onnx.ModelProto) -> None:
     model.graph.initializer.append(numpy_helper.from_array(np.zeros((1, STEPS, FEATURES), np.float32), "x"))
 
 
+def _float16_input(model: onnx.ModelProto) -> None:
+    """A half-precision input cast to float first: a valid model (what half-precision exports look like)."""
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    _node(model, "to_time_major").input[0] = "x_float"
+    model.graph.node.insert(0, helper.make_node("Cast", ["x"], ["x_float"], to=TensorProto.FLOAT, name="cast"))
+
+
 def _no_outputs(model: onnx.ModelProto) -> None:
     del model.graph.output[:]
 
@@ -231,6 +238,7 @@ def structural_cases() -> list[Case]:
     mutations: list[tuple[str, str, Callable]] = [
         # wrong, huge, negative dims of the graph input
         ("dims-zero-time", "RNN", lambda m: _set_dims(x_input(m), ["batch", 0, FEATURES])),
+        ("dims-negative-time", "GRU", lambda m: _set_dims(x_input(m), ["batch", -5, FEATURES])),
         ("dims-huge-time", "LSTM", lambda m: _set_dims(x_input(m), ["batch", 10**9, FEATURES])),
         ("dims-million-time", "GRU", lambda m: _set_dims(x_input(m), ["batch", 10**6, FEATURES])),
         ("dims-huge-features", "RNN", lambda m: _set_dims(x_input(m), ["batch", STEPS, 2**40])),
@@ -252,6 +260,7 @@ def structural_cases() -> list[Case]:
         ("duplicate-output-name", "GRU", _duplicate_output),
         ("duplicate-initializer", "RNN", _duplicate_initializer),
         ("input-is-also-initializer", "LSTM", _input_is_initializer),
+        ("input-float16-with-cast", "LSTM", _float16_input),
         ("dangling-node-input", "RNN", lambda m: _node(m, "head").input.__setitem__(1, "nowhere")),
         # graphs without parts
         ("no-outputs", "RNN", _no_outputs),

@@ -20,8 +20,9 @@ ROUNDING_TOL = 1e-2  # relative: onnxruntime's float32 against the exact pass (b
 
 
 def run_onnx(model: Path, x: np.ndarray) -> np.ndarray | None:
-    """The first output for the input batch `x` (float32), or None when onnxruntime cannot run
-    the file (the commands may still answer: the IR is exact where onnxruntime is stricter)."""
+    """The first output for the input batch `x` (in the file's input type), or None when
+    onnxruntime cannot run the file (the commands may still answer: the IR is exact where
+    onnxruntime is stricter)."""
     settings = ort.SessionOptions()
     settings.log_severity_level = 4
     settings.intra_op_num_threads = 1
@@ -29,8 +30,9 @@ def run_onnx(model: Path, x: np.ndarray) -> np.ndarray | None:
         session = ort.InferenceSession(str(model), settings, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - onnxruntime's errors are untyped
         return None
-    name = session.get_inputs()[0].name
-    x = x.astype(np.float32)
+    declared = session.get_inputs()[0]
+    name = declared.name
+    x = x.astype({"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(declared.type, np.float32))
     try:
         return np.asarray(session.run(None, {name: x})[0], dtype=np.float64)
     except Exception:  # noqa: BLE001 - e.g. an initial state baked in for batch 1: one sample at a time

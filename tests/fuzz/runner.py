@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MEMORY_CAP_BYTES = 3 * 2**30  # address space: torch + onnxruntime take about 0.75 GiB of it at rest
+MEMORY_CAP_BYTES = 3 * 2**30  # address space: torch + onnxruntime take about 0.75 GiB of it at rest (2 GiB passes too)
 CASE_TIMEOUT_S = 30.0  # generous for a loaded 2-core machine; the cases take well under a second
 READY_TIMEOUT_S = 300.0
 REFUSAL_CODES = (2, 3, 4, 5)  # usage, model file, unsupported operator, input (see `popqorn --help`)
@@ -33,9 +33,12 @@ def _cap_memory() -> None:  # runs in the child between fork and exec
 
 
 def _environment() -> dict[str, str]:
+    """The commands' environment: CPU only (a CUDA context reserves far more address space than the
+    cap), one OpenMP thread and few malloc arenas (each thread's arena reserves 64 MiB of address
+    space: on a many-core machine `--threads 0` alone would reach the cap)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
     return env
 
 

@@ -1,4 +1,4 @@
-"""Fuzzed model files through `inspect`, `check` and `bounds` (issue 13): damaged bytes of the
+"""Fuzzed model files through `inspect`, `check`, `bounds`, `certify` and `attack` (issue 13): damaged bytes of the
 shipped and tiny models, structural mutations (dims, types, names, cycles, operators, opsets,
 attributes, weights), hostile sizes (Loop trip counts, huge constants, 10^6 steps), random op
 chains and random recurrent nodes (every activation, direction, clip, peepholes, initial states).
@@ -14,7 +14,7 @@ import pytest
 
 from tests.fuzz import generate
 from tests.fuzz.conftest import scale
-from tests.fuzz.oracle import assert_bounds_hold, assert_radii_hold
+from tests.fuzz.oracle import assert_bounds_hold, assert_counterexamples_within, assert_radii_hold
 from tests.fuzz.runner import ends_well, refused, run_fresh
 
 EPS = 0.05
@@ -23,6 +23,8 @@ MAX_NODES_TO_BOUND = 500
 # what some cases must end in: (kind, fragment of the message or None)
 EXPECTED = {
     "dims-zero-time": ("refusal", "is empty"),
+    "dims-negative-time": ("refusal", "is empty"),
+    "input-float16-with-cast": ("answer", None),
     "dims-million-time": ("refusal", "max_"),
     "dims-huge-features": ("refusal", "max_elements"),
     "input-type-int64": ("refusal", "INT64"),
@@ -98,6 +100,10 @@ def test_model_is_refused_or_answered_soundly(case, popqorn, tmp_path):
                                      "--tol", "0.05"]))
     if certify.kind == "answer":
         assert_radii_hold(certify, path, x)
+    attack = ends_well(popqorn.run(["attack", path, "--input", tmp_path / "x.npy", "--eps", 0.2, "--steps", 3,
+                                    "--restarts", 1, "--json"]))
+    if attack.kind == "answer":
+        assert_counterexamples_within(attack, 0.2)
 
 
 def test_shipped_model_damaged_in_many_ways_in_one_pass(popqorn, tmp_path):
