@@ -157,6 +157,8 @@ def bound_outputs(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], eps: f
     the bounds are on the logits. `optimize` sets the effort of method alpha."""
     threat = ThreatModel.of(threat, norm=norm, ball=ball, frames=frames, domain=domain)
     relaxer = relaxer_for(method)
+    if parse_method(method) is Method.ALPHA:
+        dtype = torch.float64  # the optimised relaxations are computed (and differentiated) in float64
     batch = make_batch(graph, x, input_name=input_name, device=device, dtype=dtype)
     graph = batch.graph
     check_threat(batch, threat)
@@ -193,6 +195,8 @@ def bound_linear_box(graph: ir.Graph, lower: np.ndarray, upper: np.ndarray, spec
         raise InputError("box properties are supported for single-input models only")
     single = np.ndim(lower) == 1
     device = resolve_device(device)
+    if parse_method(method) is Method.ALPHA:
+        dtype = torch.float64
     as_tensor = lambda a: torch.as_tensor(np.atleast_2d(np.asarray(a, dtype=np.float64)), dtype=dtype, device=device)
     box_lower, box_upper = as_tensor(lower), as_tensor(upper)
     if box_lower.shape[1] != node.size or box_upper.shape != box_lower.shape:

@@ -220,6 +220,8 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     computed in the same batched search."""
     started = time.perf_counter()
     threat = ThreatModel.of(threat, norm=norm, ball=ball, frames=frames, domain=domain)
+    if options.method is Method.ALPHA:
+        dtype = torch.float64  # the optimised relaxations are computed (and differentiated) in float64
     batch = make_batch(graph, x, input_name=input_name, device=device, dtype=dtype)
     graph = batch.graph
     check_threat(batch, threat)

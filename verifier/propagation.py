@@ -19,6 +19,7 @@ Bounds and relaxations live in dicts keyed by node name; the IR is never mutated
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +29,11 @@ import torch
 from torch import Tensor
 
 from verifier import ir
+from verifier.errors import InputError
 from verifier.regions import Region
 from verifier.relaxations import Relaxer
 from verifier.relaxations.base import Lines, Planes
-from verifier.rules import NONLINEAR, ROUTING, contiguous_span, rule
+from verifier.rules import NONLINEAR, ROUTING, rule
 
 Bounds = tuple[Tensor, Tensor]
 
@@ -83,12 +85,23 @@ class Plan:
     needed: dict[str, np.ndarray]  # tight node -> rows whose CROWN bounds are computed
     by_level: tuple[tuple[ir.Node, ...], ...]  # nodes of each level, in topological order
 
+    visits: int = 0  # node visits of all intermediate backward passes: the quadratic part of the work
+
     @classmethod
     def of(cls, graph: ir.Graph) -> Plan:
         cached = _PLANS.get(graph)
         if cached is None:
             cached = _PLANS[graph] = cls._build(graph)
         return cached
+
+    def check_budget(self) -> None:
+        """Full back-substitution visits O(depth x nodes) nodes; refuse, before any work, a graph
+        deep enough to take hours (the budget is POPQORN_MAX_VISITS, default 2,000,000)."""
+        budget = int(os.environ.get("POPQORN_MAX_VISITS", MAX_VISITS))
+        if self.visits > budget:
+            raise InputError(f"bounding this model needs about {self.visits:,} node visits in its backward passes "
+                             f"({len(self.by_level)} nonlinear levels); the budget POPQORN_MAX_VISITS is {budget:,}. "
+                             f"Raise it to wait for the answer")
 
     @classmethod
     def _build(cls, graph: ir.Graph) -> Plan:
@@ -112,8 +125,10 @@ class Plan:
         by_level: list[list[ir.Node]] = [[] for _ in range(count)]
         for node in graph.nodes:
             by_level[level[node.name]].append(node)
-        return cls(sizes, {n.name: k for k, n in enumerate(graph.nodes)}, level, needed,
-                   tuple(tuple(nodes) for nodes in by_level))
+        order = {n.name: k for k, n in enumerate(graph.nodes)}
+        visits = sum(max(order[n.name] for n in nodes if n.name in needed) + 1
+                     for nodes in by_level if any(n.name in needed for n in nodes))
+        return cls(sizes, order, level, needed, tuple(tuple(nodes) for nodes in by_level), visits)
 
 
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -218,6 +233,8 @@ class Propagator:
         self.regions = regions
         self.relaxer = relaxer
         self.plan = Plan.of(graph)
+        if relaxer is not None:
+            self.plan.check_budget()
         self.sizes = self.plan.sizes
         self.bounds: dict[str, Bounds] = {}
         self.forms: dict[str, LineForm | PlaneForm] = {}
@@ -322,6 +339,7 @@ class Propagator:
         return lower, upper
 
 
+MAX_VISITS = 2_000_000  # default budget of node visits in intermediate backward passes (see Plan.check_budget)
 MAX_PASS_ROWS = 4096  # rows per backward pass; more (an input projection over all frames) run in chunks
 
 

@@ -69,3 +69,16 @@ def test_levels_and_chunks():
     chunks = _chunks(rows, MAX_PASS_ROWS)
     assert [sum(len(i) for _, i in c) for c in chunks] == [MAX_PASS_ROWS, 5010 - MAX_PASS_ROWS]
     assert np.array_equal(np.concatenate([i for c in chunks for n, i in c if n == "a"]), np.arange(5000))
+
+
+def test_the_backward_work_budget_refuses_before_any_work(monkeypatch):
+    from verifier.errors import InputError
+
+    graph = parsers.load_onnx(ROOT / "models_onnx" / "digits_lstm_t8_h16.onnx")
+    x = np.load(ROOT / "models_onnx" / "digits_lstm_t8_h16.samples.npz")["x"][:1]
+    assert 0 < Plan.of(graph).visits < 1000
+    monkeypatch.setenv("POPQORN_MAX_VISITS", "100")
+    with pytest.raises(InputError, match="POPQORN_MAX_VISITS"):
+        bound_outputs(graph, x, 0.01)
+    lower, upper = bound_outputs(graph, x, 0.01, method="ibp")  # interval arithmetic is linear: no budget
+    assert (lower <= upper).all()
