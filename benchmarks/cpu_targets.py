@@ -31,7 +31,14 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = "import sys; from verifier.cli import main; sys.exit(main(sys.argv[1:]))"
+# the console script's entry point (fast exit), or main() in trees that predate it
+CLI = """import sys
+try:
+    from verifier.cli import entry
+except ImportError:
+    from verifier.cli import main
+    entry = lambda: sys.exit(main(sys.argv[1:]))
+entry()"""
 BOUND_CALL = """
 import sys, time, numpy as np, torch
 import parsers

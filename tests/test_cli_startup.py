@@ -63,3 +63,20 @@ def test_version_is_the_installed_one(capsys):
         main(["--version"])
     assert exit.value.code == 0
     assert capsys.readouterr().out.strip() == f"popqorn {metadata.version('popqorn')}"
+
+
+def test_console_entry_exits_fast_with_every_output_written(tmp_path):
+    """`popqorn` (verifier.cli:entry) ends the process with os._exit after main(): the table, the
+    JSON file and the exit code must all survive that, also when stdout is a pipe."""
+    samples = MODEL.with_suffix(".samples.npz")
+    out = tmp_path / "r.json"
+    done = subprocess.run([sys.executable, "-c", "from verifier.cli import entry; entry()", "certify", str(MODEL),
+                           "--input", str(samples), "--limit", "2", "--no-progress", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().splitlines()[-1].startswith("summary: 2 samples")
+    assert [row["index"] for row in json.loads(out.read_text())["samples"]] == [0, 1]
+    refused = subprocess.run([sys.executable, "-c", "from verifier.cli import entry; entry()", "certify",
+                              str(tmp_path / "missing.onnx"), "--input", str(samples)],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0 and refused.stderr.count("\n") == 1

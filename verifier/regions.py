@@ -71,10 +71,13 @@ class BallRegion(Region):
         frame_of = node.frame_of_element()
         order = np.argsort(frame_of, kind="stable")
         self.groups = torch.as_tensor(order.reshape(node.num_frames, -1), device=center.device)
+        # frame-major layouts (the usual one) group by a free reshape instead of a gather
+        self.contiguous = bool(np.array_equal(order, np.arange(order.size)))
         element_frame = torch.as_tensor(frame_of, device=center.device)
         self.element_mask = self.frame_mask[:, element_frame]  # (batch, size)
         # one perturbed frame, or p = inf: the per-frame formula is exact for either ball
         self.per_frame_rows = (self.frame_mask.sum(1) <= 1) | (self.ball is Ball.FRAME) | math.isinf(self.norm)
+        self.all_frames = bool(self.frame_mask.all())
         self.room = None if threat.domain is None else _domain_room(node, center, threat)
 
     def element_bounds(self) -> tuple[Tensor, Tensor]:
@@ -86,8 +89,12 @@ class BallRegion(Region):
 
     def minimize(self, coefficients: Tensor) -> Tensor:
         value = _dot(coefficients, self.center)
-        mask = self.frame_mask[:, None, :, None].to(coefficients)
-        grouped = coefficients[:, :, self.groups] * mask  # (batch, m, frames, per_frame)
+        if self.contiguous:
+            grouped = coefficients.reshape(*coefficients.shape[:2], *self.groups.shape)
+        else:
+            grouped = coefficients[:, :, self.groups]  # (batch, m, frames, per_frame)
+        if not self.all_frames:
+            grouped = grouped * self.frame_mask[:, None, :, None].to(coefficients)
         if self.room is None:
             q = dual_norm(self.norm)
             by_frame = torch.linalg.vector_norm(grouped, ord=q, dim=3).sum(dim=2)
