@@ -27,8 +27,9 @@ from verifier.certify import SearchOptions, certify, margin_lower_bounds, margin
 from verifier.threat import ThreatModel
 
 FEATURES, CLASSES, BATCH = 28, 10, 32
-GRID = [("lstm", 32, 8), ("gru", 32, 8), ("lstm", 128, 28), ("gru", 128, 28), ("lstm", 256, 28),
-        ("gru", 256, 28), ("lstm", 32, 56), ("lstm", 128, 56), ("lstm", 256, 56)]
+GRID = [("lstm", 32, 8), ("lstm", 128, 28), ("lstm", 256, 28), ("gru", 256, 28), ("gru", 32, 8), ("gru", 128, 28),
+        ("lstm", 32, 56), ("lstm", 128, 56), ("lstm", 256, 56)]
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuGraphLaunch")
 
 
 class _Net(torch.nn.Module):
@@ -58,21 +59,59 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _bound_call(graph, batch, spec, threat, device):
-    eps = torch.full((BATCH,), 0.01, dtype=batch.center.dtype, device=device)
+def _bound_call(graph, batch, spec, threat, device, radius: float = 0.01):
+    eps = torch.full((BATCH,), radius, dtype=batch.center.dtype, device=device)
     with torch.no_grad():
         return margin_lower_bounds(graph, batch, eps, threat, spec, relaxer_for("crown"), graph.outputs[0].node)
 
 
-def _kernels(call, device) -> int | None:
+def _kernels(call, device) -> tuple[int | None, int | None]:
+    """(kernels the GPU ran, launch calls the CPU made: kernel launches plus graph launches)."""
     if device.type != "cuda":
-        return None
+        return None, None
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         call()
         _sync(device)
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    events = prof.events()
+    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    launches = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.name.startswith(LAUNCHES))
+    return kernels, launches
+
+
+def _replayed(graph, batch, spec, threat, device):
+    """A bound call captured in a CUDA graph (verifier.cuda_graphs), as the radius search uses it."""
+    from verifier.bounds import ball_regions
+    from verifier.cuda_graphs import ReplayedBounds
+    from verifier.propagation import Propagator
+
+    def build(eps):
+        regions = ball_regions(batch, eps, threat)
+        return lambda: Propagator(graph, regions, relaxer_for("crown")).bound(graph.outputs[0].node, spec,
+                                                                                need_upper=False)[0]
+    return ReplayedBounds(build, torch.full((BATCH,), 0.01, dtype=batch.center.dtype, device=device))
+
+
+def _timed(call, device, repeats: int = 3) -> tuple[float, float]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(np.ptp(times))
+
+
+def _search(graph, x, device, dtype, graphs: bool) -> tuple[float, list[float]]:
+    import os
+
+    os.environ["POPQORN_CUDA_GRAPHS"] = "1" if graphs else "0"
+    t0 = time.perf_counter()
+    results = certify(graph, x, 2.0, options=SearchOptions(method="crown"), device=device, dtype=dtype)
+    _sync(device)
+    os.environ.pop("POPQORN_CUDA_GRAPHS")
+    return (time.perf_counter() - t0) / BATCH, [r.radius for r in results]
 
 
 def probe(device: torch.device, budget: float, dtypes: list[torch.dtype]) -> dict:
@@ -90,30 +129,50 @@ def probe(device: torch.device, budget: float, dtypes: list[torch.dtype]) -> dic
                 spec = margin_spec(torch.zeros(BATCH, dtype=torch.long, device=device), CLASSES, None)
                 threat = ThreatModel(2.0, "frame")
                 call = lambda: _bound_call(batch.graph, batch, spec, threat, device)
-                call()  # warm-up: tangent tables, constants, cuBLAS handles
+                direct = call()  # warm-up: tangent tables, constants, cuBLAS handles
                 _sync(device)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                times = []
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    call()
-                    _sync(device)
-                    times.append(time.perf_counter() - t0)
+                median, spread = _timed(call, device)
                 row = {"cell": cell, "hidden": hidden, "steps": steps, "batch": BATCH, "dtype": str(dtype).split(".")[-1],
-                       "bound_call_s": float(np.median(times)), "bound_call_spread_s": float(np.ptp(times)),
+                       "bound_call_s": median, "bound_call_spread_s": spread,
                        "peak_memory_mb": (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)}
-                row["kernels_per_bound_call"] = _kernels(call, device)
+                row["kernels_per_bound_call"], row["launch_calls_per_bound_call"] = _kernels(call, device)
+                if device.type == "cuda":
+                    try:
+                        replay = _replayed(batch.graph, batch, spec, threat, device)
+                        t0 = time.perf_counter()
+                        replayed = replay(torch.full((BATCH,), 0.01, dtype=dtype, device=device))
+                        _sync(device)
+                        row["capture_s"] = time.perf_counter() - t0
+                        eps = torch.full((BATCH,), 0.01, dtype=dtype, device=device)
+                        row["replayed_bound_call_s"], row["replayed_spread_s"] = _timed(lambda: replay(eps), device)
+                        row["replayed_kernels"], row["replayed_launch_calls"] = _kernels(lambda: replay(eps), device)
+                        row["replayed_vs_direct_max_abs_diff"] = float((replayed - direct).abs().max())
+                        other = torch.full((BATCH,), 0.02, dtype=dtype, device=device)
+                        again = _bound_call(batch.graph, batch, spec, threat, device, 0.02)
+                        row["replayed_new_eps_max_abs_diff"] = float((replay(other) - again).abs().max())
+                    except Exception as exc:  # record why, keep probing
+                        row["replay_error"] = f"{type(exc).__name__}: {exc}"[:500]
                 if time.perf_counter() - started < budget * 0.8:
-                    t0 = time.perf_counter()
-                    results = certify(graph, x, 2.0, options=SearchOptions(method="crown"), device=device, dtype=dtype)
-                    _sync(device)
-                    row["radius_search_s_per_sample"] = (time.perf_counter() - t0) / BATCH
-                    row["mean_radius"] = float(np.mean([r.radius for r in results]))
+                    try:
+                        row["radius_search_s_per_sample"], radii = _search(graph, x, device, dtype, graphs=True)
+                    except Exception as exc:
+                        row["search_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                        continue
+                    row["mean_radius"] = float(np.mean(radii))
+                    if device.type == "cuda" and time.perf_counter() - started < budget * 0.6:
+                        row["radius_search_eager_s_per_sample"], eager = _search(graph, x, device, dtype, graphs=False)
+                        row["radii_max_rel_diff_graph_vs_eager"] = float(np.max(np.abs(np.array(radii) - eager)
+                                                                                / np.maximum(eager, 1e-12)))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "threat": "l2 frame balls", "method": "crown", "rows": rows,
+            "notes": "kernels = kernels the GPU ran; launch_calls = kernel + graph launches the CPU made; replayed = "
+                     "one bound call captured in a CUDA graph (verifier.cuda_graphs), as the radius search uses it",
             "elapsed_s": time.perf_counter() - started}
 
 
@@ -121,7 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds after which no new configuration starts")
-    parser.add_argument("--dtypes", default="float64,float32")
+    parser.add_argument("--dtypes", default="float64")
     parser.add_argument("--out")
     args = parser.parse_args()
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]

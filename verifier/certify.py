@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from verifier import forward, ir
+from verifier import cuda_graphs, forward, ir
 from verifier.bounds import Batch, ball_regions, check_threat, make_batch, output_node, relaxer_for
 from verifier.errors import InputError
 from verifier.methods import DEFAULT_METHOD, Method, parse_method
-from verifier.optimize import OptimizeOptions, Tuning, jointly_optimized_lower_bounds, optimized_lower_bounds
+from verifier.optimize import OptimizeOptions, ascended_radii, jointly_optimized_lower_bounds, optimized_lower_bounds
 from verifier.propagation import Propagator
 from verifier.threat import Domain, ThreatModel
 
@@ -82,18 +82,15 @@ def margin_spec(labels: Tensor, num_classes: int, target: int | None) -> Tensor:
 
 def margin_lower_bounds(graph: ir.Graph, batch: Batch, eps: Tensor, threat: ThreatModel, spec: Tensor,
                         relaxer, out_node: str, frame_mask: Tensor | None = None, *,
-                        optimize: OptimizeOptions | None = None, tuning: Tuning | None = None,
-                        rows: Tensor | None = None, total: int = 0) -> Tensor:
-    """Lower bounds of the margins, (batch, rows). With `optimize`, the final back-substitution's
-    relaxations are tuned per margin row (verifier.optimize), warm-started from `tuning`."""
+                        optimize: OptimizeOptions | None = None) -> Tensor:
+    """Lower bounds of the margins, (batch, rows). With `optimize`, the relaxations are tuned per
+    margin row (verifier.optimize)."""
     regions = ball_regions(batch, eps, threat, frame_mask)
     if optimize is not None:
         spec = spec.to(batch.center.dtype)
         if optimize.intermediate == "none":
-            return optimized_lower_bounds(Propagator(graph, regions, relaxer), out_node, spec, optimize, tuning,
-                                          rows, total)
-        return jointly_optimized_lower_bounds(lambda: Propagator(graph, regions, relaxer), out_node, spec, optimize,
-                                              tuning, rows, total)
+            return optimized_lower_bounds(Propagator(graph, regions, relaxer), out_node, spec, optimize)
+        return jointly_optimized_lower_bounds(lambda: Propagator(graph, regions, relaxer), out_node, spec, optimize)
     propagator = Propagator(graph, regions, relaxer)
     with torch.no_grad():
         lower, _ = propagator.bound(out_node, spec.to(batch.center.dtype), need_upper=False)
@@ -101,8 +98,7 @@ def margin_lower_bounds(graph: ir.Graph, batch: Batch, eps: Tensor, threat: Thre
 
 
 def search_radius(margin: Callable[[Tensor, Tensor], Tensor], clean: Tensor, options: SearchOptions,
-                  device: torch.device, dtype: torch.dtype, certified: Tensor | None = None,
-                  at_certified: Tensor | None = None) -> Tensor:
+                  device: torch.device, dtype: torch.dtype) -> Tensor:
     """Largest certified ε per row, to the relative tolerance. `margin(rows, eps)` returns, for the
     active rows, the certified lower bound of the worst margin at each row's ε (certified iff > 0);
     `clean` is the exact margin at ε = 0.
@@ -114,20 +110,13 @@ def search_radius(margin: Callable[[Tensor, Tensor], Tensor], clean: Tensor, opt
     crossing is predicted within the tolerance of an end, the one probe that ends the search — and
     falls back to bisection when two steps in a row do not halve the bracket. Probes are rounded to 20 significant bits,
     so last-bit noise in a margin cannot change the sequence of probes: a row's radius does not
-    depend on the other rows in its batch. Only certified ε are ever reported. `certified` (with
-    its margins `at_certified`) starts the search from radii already certified, e.g. by CROWN
-    before the optimised mode refines them."""
+    depend on the other rows in its batch. Only certified ε are ever reported."""
     count = clean.shape[0]
     zeros = lambda: torch.zeros(count, dtype=torch.float64, device=device)
     lower, at_lower = zeros(), clean.to(device=device, dtype=torch.float64).clone()
     upper, at_upper = torch.full((count,), math.inf, dtype=torch.float64, device=device), zeros()
     third, at_third = zeros(), at_lower.clone()  # the last end point replaced: a third point for the curve
     first = torch.full((count,), options.start, dtype=torch.float64, device=device)
-    if certified is not None:
-        known = certified.to(device=device, dtype=torch.float64) > 0
-        lower = torch.where(known, certified.to(lower), lower)
-        at_lower = torch.where(known, at_certified.to(at_lower), at_lower)
-        first = torch.where(known, _round_probe(lower * 1.05), first)
     width_before = torch.full_like(lower, math.inf)
     stalls = torch.zeros(count, dtype=torch.long, device=device)  # bracketed steps in a row that did not halve it
     eps = first
@@ -245,13 +234,9 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     rows_spec = margin_spec(label_t, num_classes, target).repeat_interleave(variants, 0)
     rows_correct = correct.repeat_interleave(variants, 0)
 
-    optimize = options.optimize if options.method is Method.ALPHA else None
-    tuning = Tuning()
-
     def worst_margin(rows: Tensor, eps: Tensor) -> Tensor:
         lower = margin_lower_bounds(graph, rows_batch.select(rows), eps, threat, rows_spec[rows], relaxer, out.node,
-                                    rows_mask[rows], optimize=optimize, tuning=tuning, rows=rows,
-                                    total=rows_batch.size)
+                                    rows_mask[rows])
         return lower.amin(dim=1)
 
     clean = torch.einsum("bmc,bc->bm", rows_spec.to(logits), logits.repeat_interleave(variants, 0)).amin(1)
@@ -259,16 +244,16 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     todo = torch.nonzero(rows_correct).flatten()
     if todo.numel():
         device = batch.center.device
-        if optimize is None:
-            found = search_radius(lambda r, e: worst_margin(todo[r], e), clean[todo], options, device, dtype)
-        else:  # CROWN's radii first (cheap, and certified for the optimised bounds too), then refined
-            plain = lambda r, e: margin_lower_bounds(graph, rows_batch.select(todo[r]), e, threat, rows_spec[todo[r]],
-                                                     relaxer, out.node, rows_mask[todo[r]]).amin(1)
-            start = search_radius(plain, clean[todo], options, device, dtype)
-            at_start = plain(torch.arange(todo.numel(), device=device), start.to(dtype))
-            found = search_radius(lambda r, e: worst_margin(todo[r], e), clean[todo], options, device, dtype,
-                                  certified=torch.where(at_start > 0, start, torch.zeros_like(start)),
-                                  at_certified=at_start)
+        margin = lambda r, e: worst_margin(todo[r], e)
+        if options.method is not Method.ALPHA and threat.domain is None and cuda_graphs.usable(device):
+            margin = _replayed_margin(graph, rows_batch.select(todo), threat, rows_spec[todo].to(dtype), relaxer,
+                                      out.node, rows_mask[todo], options.start)
+        found = search_radius(margin, clean[todo], options, device, dtype)
+        if options.method is Method.ALPHA:  # CROWN's radii (certified), then raised by the optimisation
+            active = rows_batch.select(todo)
+            found = ascended_radii(
+                lambda e: Propagator(graph, ball_regions(active, e, threat, rows_mask[todo]), relaxer), out.node,
+                rows_spec[todo].to(dtype), found, options.optimize)
         radii[todo] = found
     radii = radii.reshape(batch.size, variants).cpu().numpy()
     elapsed = (time.perf_counter() - started) / batch.size
@@ -277,6 +262,28 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
                          target=target,
                          per_frame_radius=[float(r) for r in radii[k, 1:]] if per_frame else None)
             for k in range(batch.size)]
+
+
+def _replayed_margin(graph: ir.Graph, batch: Batch, threat: ThreatModel, spec: Tensor, relaxer, out_node: str,
+                     frame_mask: Tensor, start: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """search_radius's margin function on a CUDA device: every call bounds all rows of the batch
+    (fixed shapes) from one captured CUDA graph, rows not asked for keeping their last radius."""
+    radii = torch.full((batch.size,), start, dtype=batch.center.dtype, device=batch.center.device)
+
+    def build(eps: Tensor) -> Callable[[], Tensor]:
+        regions = ball_regions(batch, eps, threat, frame_mask)
+
+        def compute() -> Tensor:
+            lower, _ = Propagator(graph, regions, relaxer).bound(out_node, spec, need_upper=False)
+            return lower.amin(1)
+        return compute
+
+    replayed = cuda_graphs.ReplayedBounds(build, radii)
+
+    def margin(rows: Tensor, eps: Tensor) -> Tensor:
+        radii[rows] = eps.to(radii)
+        return replayed(radii)[rows]
+    return margin
 
 
 def _check_labels(labels: np.ndarray, count: int, num_classes: int, batch: Batch) -> Tensor:

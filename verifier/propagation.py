@@ -288,8 +288,13 @@ class Propagator:
         offset = 0
         for name, index in rows:
             spec = self.like.new_zeros((width, self.sizes[name]))
+            run = _is_run(index)
             for k, sign in enumerate(signs):
-                spec[k * total + offset + np.arange(len(index)), torch.as_tensor(index)] = sign
+                block = spec[k * total + offset:k * total + offset + len(index)]
+                if run:  # the usual case: a unit matrix written in place, no index copied to the device
+                    block[:, int(index[0]):int(index[0]) + len(index)].diagonal().fill_(sign)
+                else:
+                    block[np.arange(len(index)), torch.as_tensor(index)] = sign
             backward.push(name, spec.expand(self.batch, -1, -1))
             offset += len(index)
         last = max(self.plan.order[name] for name, _ in rows)
@@ -356,6 +361,11 @@ def _chunks(rows: list[tuple[str, np.ndarray]], limit: int) -> list[list[tuple[s
             chunks[-1].append((name, part))
             room -= len(part)
     return chunks
+
+
+def _is_run(index: np.ndarray) -> bool:
+    """Whether the row indices are one increasing run (rows of a tight node always are)."""
+    return len(index) > 0 and int(index[-1]) - int(index[0]) + 1 == len(index) and bool((np.diff(index) == 1).all())
 
 
 def _intersect(lower: Tensor, upper: Tensor, index: np.ndarray, crown_lower: Tensor, crown_upper: Tensor) -> Bounds:

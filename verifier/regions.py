@@ -77,7 +77,10 @@ class BallRegion(Region):
         self.element_mask = self.frame_mask[:, element_frame]  # (batch, size)
         # one perturbed frame, or p = inf: the per-frame formula is exact for either ball
         self.per_frame_rows = (self.frame_mask.sum(1) <= 1) | (self.ball is Ball.FRAME) | math.isinf(self.norm)
+        # host-side flags, read once here: the bound computation itself never waits on the device
+        # (so a CUDA graph can capture it, see verifier.cuda_graphs)
         self.all_frames = bool(self.frame_mask.all())
+        self.all_per_frame = bool(self.per_frame_rows.all())
         self.room = None if threat.domain is None else _domain_room(node, center, threat)
 
     def element_bounds(self) -> tuple[Tensor, Tensor]:
@@ -98,7 +101,7 @@ class BallRegion(Region):
         if self.room is None:
             q = dual_norm(self.norm)
             by_frame = torch.linalg.vector_norm(grouped, ord=q, dim=3).sum(dim=2)
-            if self.per_frame_rows.all():
+            if self.all_per_frame:
                 spread = by_frame
             else:
                 jointly = torch.linalg.vector_norm(grouped.flatten(2), ord=q, dim=2)
@@ -112,7 +115,7 @@ class BallRegion(Region):
         room = torch.where(grouped < 0, high, -low)  # how far each coordinate can move downhill
         weight = grouped.abs()
         by_frame = _max_weighted_sum(weight, room, self.eps[:, None, None], self.norm).sum(2)
-        if self.per_frame_rows.all():
+        if self.all_per_frame:
             return by_frame
         jointly = _max_weighted_sum(weight.flatten(2), room.flatten(2), self.eps[:, None], self.norm)
         return torch.where(self.per_frame_rows[:, None], by_frame, jointly)

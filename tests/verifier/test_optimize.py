@@ -129,13 +129,14 @@ def test_optimised_radius_is_certified_and_at_least_crowns(nets):
     graph = parsers.load_onnx(path)
     x = np.random.default_rng(3).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
     crown = certify(graph, x, 2.0)
-    alpha = certify(graph, x, 2.0, options=SearchOptions(method="alpha", optimize=OptimizeOptions(steps=6, warm_steps=3)))
+    alpha = certify(graph, x, 2.0, options=SearchOptions(method="alpha", optimize=OptimizeOptions(steps=6)))
     batch = make_batch(graph, x)
     session = ort.InferenceSession(str(path))
     threat = ThreatModel(2.0, "frame")
     rng = np.random.default_rng(5)
+    assert any(a.radius > c.radius * 1.001 for c, a in zip(crown, alpha))
     for k, (c, a) in enumerate(zip(crown, alpha)):
-        assert a.radius >= c.radius * (1 - 1e-3)
+        assert a.radius >= c.radius  # the optimisation starts at CROWN's certified radius
         # no point of the certified ball (sampled, and pushed by gradient steps) changes the prediction
         center = x[k].reshape(-1).astype(np.float64)
         deltas = np.concatenate([random_deltas(batch.node, a.radius, threat, 2000, rng),
@@ -143,6 +144,48 @@ def test_optimised_radius_is_certified_and_at_least_crowns(nets):
                                                  batch.graph.outputs[0].node, steps=20)])
         points = (center + deltas).reshape(-1, models.STEPS, models.FEATURES).astype(np.float32)
         assert (session.run(None, {"x": points})[0].argmax(1) == a.label).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_radius_ascent_reports_the_largest_step_with_a_positive_margin(nets, mode):
+    """ascended_radii returns max(start, every step's eps whose worst margin is > 0) and nothing
+    else, and its first step is CROWN's bound at CROWN's radius."""
+    from verifier.bounds import ball_regions
+    from verifier.optimize import ascended_radii
+    from verifier.propagation import Propagator
+
+    graph = parsers.load_onnx(nets["lstm"])
+    x = np.random.default_rng(8).uniform(-1, 1, (3, models.STEPS, models.FEATURES)).astype(np.float32)
+    crown = certify(graph, x, math.inf, ball="sequence")
+    batch = make_batch(graph, x)
+    threat = ThreatModel(math.inf, "sequence")
+    spec = margin_spec(torch.tensor([r.label for r in crown]), models.CLASSES, None).double()
+    start = torch.tensor([r.radius for r in crown], dtype=torch.float64)
+    out = batch.graph.outputs[0].node
+    trace = []
+    found = ascended_radii(lambda e: Propagator(batch.graph, ball_regions(batch, e, threat), relaxer_for("alpha")),
+                           out, spec, start, OptimizeOptions(steps=8, intermediate=mode), trace)
+    assert len(trace) == 8
+    expected = start.clone()
+    for eps, worst in trace:
+        eps, worst = torch.tensor(eps, dtype=torch.float64), torch.tensor(worst, dtype=torch.float64)
+        expected = torch.where((worst > 0) & (eps > expected), eps, expected)
+    assert torch.equal(found, expected)
+    # step 0 bounds CROWN's relaxation at CROWN's radius
+    eps0, worst0 = (torch.tensor(v, dtype=torch.float64) for v in trace[0])
+    assert torch.equal(eps0, start)
+    plain = margin_lower_bounds(batch.graph, batch, eps0, threat, spec, relaxer_for("crown"), out).amin(1)
+    assert torch.allclose(worst0, plain, rtol=0, atol=1e-9)
+    assert (found > start * 1.001).any()
+
+
+def test_optimised_radius_does_not_depend_on_the_batch(nets):
+    graph = parsers.load_onnx(nets["lstm"])
+    x = np.random.default_rng(9).uniform(-1, 1, (3, models.STEPS, models.FEATURES)).astype(np.float32)
+    options = SearchOptions(method="alpha", optimize=OptimizeOptions(steps=5))
+    together = [r.radius for r in certify(graph, x, math.inf, ball="sequence", options=options)]
+    alone = [certify(graph, x[k:k + 1], math.inf, ball="sequence", options=options)[0].radius for k in range(3)]
+    assert together == pytest.approx(alone, rel=1e-9, abs=0)
 
 
 def test_bad_optimise_options_are_refused():

@@ -99,7 +99,8 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
                              f"optimised per margin row by gradient ascent (alpha-CROWN's idea; tightest, slowest) "
                              f"(default {DEFAULT_METHOD.value})")
     parser.add_argument("--optimize-steps", type=int, default=20, metavar="N",
-                        help="--method alpha: gradient steps per bound (default 20; 8 when warm-started in a search)")
+                        help="--method alpha: gradient steps per bound, or of a whole radius search (certify, "
+                             "audit: epsilon moves with the relaxations; default 20)")
     parser.add_argument("--optimize-intermediate", default="shared", choices=("shared", "per-row", "none"),
                         help="--method alpha: intermediate bounds optimised with one relaxation per node (shared, "
                              "default), per row of every pass (per-row: alpha-CROWN's full scheme, ~5x slower) or "
@@ -117,8 +118,7 @@ def optimize_from(args: argparse.Namespace):
     steps = getattr(args, "optimize_steps", 20)
     if steps < 0 or steps > 100000:
         raise InputError(f"--optimize-steps must be in 0..100000, not {steps}")
-    return OptimizeOptions(steps=steps, warm_steps=min(steps, 8),
-                           intermediate=getattr(args, "optimize_intermediate", "shared"))
+    return OptimizeOptions(steps=steps, intermediate=getattr(args, "optimize_intermediate", "shared"))
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

@@ -27,9 +27,25 @@ WIDTH_EPS = 1e-12  # below this width a chord is replaced by a derivative
 def exact_intercepts(fn: ActivationFn, lower_slope: Tensor, upper_slope: Tensor,
                      lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     """min of f(x) - lower_slope*x and max of f(x) - upper_slope*x over [lower, upper]."""
-    low = torch.stack([v - lower_slope * x for x, v in critical_points(fn, lower_slope, lower, upper)]).amin(0)
-    high = torch.stack([v - upper_slope * x for x, v in critical_points(fn, upper_slope, lower, upper)]).amax(0)
-    return low, high
+    low = torch.stack([v - lower_slope * x for x, v in critical_points(fn, lower_slope, lower, upper)])
+    high = torch.stack([v - upper_slope * x for x, v in critical_points(fn, upper_slope, lower, upper)])
+    if torch.is_grad_enabled() and (lower_slope.requires_grad or upper_slope.requires_grad):
+        return _pick(low, low.amin(0), -1.0), _pick(high, high.amax(0), 1.0)
+    return low.amin(0), high.amax(0)
+
+
+def _pick(candidates: Tensor, extreme: Tensor, sign: float) -> Tensor:
+    """`extreme` (the exact min or max of the candidates) with the gradient of one candidate chosen
+    by a rule rounding cannot flip: values compared on a grid 2^-36 of their scale, the first in
+    table order on ties. CROWN's tangent lines touch f at two points, so the extreme is a tie at
+    the optimisation's start, and autograd would split or pick by last-bit noise: a sample's
+    optimisation then depended on the other samples in its batch (different kernels, different
+    rounding). The value stays the exact extreme, so soundness does not depend on the pick."""
+    scale = candidates.detach().abs().amax(0) + 1
+    grid = torch.round(sign * candidates.detach() / scale * 2.0 ** 36)
+    index = (grid == grid.amax(0)).to(torch.int8).argmax(0, keepdim=True)  # first of the largest
+    chosen = candidates.gather(0, index).squeeze(0)
+    return chosen + (extreme - chosen).detach()
 
 
 def _chord(fn: ActivationFn, lower: Tensor, upper: Tensor) -> Tensor:

@@ -179,7 +179,8 @@ def relax_product_planes(left_fn: ActivationFn | None, right_fn: ActivationFn | 
     xu, yu = torch.maximum(xu, xl), torch.maximum(yu, yl)
     mccormick = mccormick_planes(left_fn, right_fn, xl, xu, yl, yu)
     both = lambda t: torch.stack([t, t])
-    sign = torch.tensor([1.0, -1.0], dtype=xl.dtype, device=xl.device).reshape(2, *[1] * xl.dim())
+    one = torch.ones(1, dtype=xl.dtype, device=xl.device)  # made on the device: no host copy
+    sign = torch.cat([one, -one]).reshape(2, *[1] * xl.dim())
     searched_a, searched_b = _searched_slopes(left_fn, right_fn, both(xl), both(xu), both(yl), both(yu), sign)
     fitted_a, fitted_b = _least_squares_slopes(left_fn, right_fn, xl, xu, yl, yu)
     a = torch.stack([searched_a[0], searched_a[1], fitted_a])
