@@ -245,7 +245,8 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     if todo.numel():
         device = batch.center.device
         margin = lambda r, e: worst_margin(todo[r], e)
-        if options.method is not Method.ALPHA and threat.domain is None and cuda_graphs.usable(device):
+        if (options.method is not Method.ALPHA and threat.domain is None
+                and cuda_graphs.usable(device, todo.numel(), max(graph.sizes().values()))):
             margin = _replayed_margin(graph, rows_batch.select(todo), threat, rows_spec[todo].to(dtype), relaxer,
                                       out.node, rows_mask[todo], options.start)
         found = search_radius(margin, clean[todo], options, device, dtype)

@@ -44,7 +44,7 @@ class ReplayedBounds:
                 return self.compute()
         if self.graph is None:
             try:
-                self._capture()
+                return self._capture()
             except RuntimeError as exc:  # the same bounds, computed directly (slower), and said so
                 self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 print(f"popqorn: warning: CUDA graph capture failed ({self.failed}); bounding without it "
@@ -55,23 +55,35 @@ class ReplayedBounds:
         self.graph.replay()
         return self.output.clone()
 
-    def _capture(self) -> None:
-        # warm-up on a side stream (as torch requires): constants, tangent tables and cuBLAS
-        # workspaces are created here, outside the capture
+    def _capture(self) -> Tensor:
+        """One direct call on a side stream (as torch requires before a capture; it creates the
+        constants, tangent tables and cuBLAS workspaces outside the capture), whose bounds are this
+        call's answer, then the capture (which records the kernels without running them)."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(2):
-                self.compute()
+            first = self.compute()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.no_grad():
             self.output = self.compute()
         self.graph = graph
+        return first
 
 
-def usable(device: torch.device) -> bool:
-    """CUDA graphs are used on CUDA devices unless POPQORN_CUDA_GRAPHS=0."""
+# rows x (widest node)^2 above which a bound call keeps the GPU busy anyway, measured on an H200
+# (benchmarks/results/gpu_probe_h200.json): replay won 2.3x at LSTM H=32 (32 x 128^2) and 1.2-1.8x at
+# H=128 (32 x 512^2) but lost at H=256 (32 x 1024^2: 0.68-0.88x), where the direct search also gains
+# from leaving decided rows out of later calls while a captured call keeps its shape.
+WORK_LIMIT = 16 * 2**20
+
+
+def usable(device: torch.device, rows: int, widest: int) -> bool:
+    """Whether to replay bound calls from CUDA graphs: on CUDA devices, for launch-bound sizes
+    (rows x widest^2 <= WORK_LIMIT); POPQORN_CUDA_GRAPHS=1 always, =0 never."""
     import os
 
-    return device.type == "cuda" and os.environ.get("POPQORN_CUDA_GRAPHS", "1") != "0"
+    setting = os.environ.get("POPQORN_CUDA_GRAPHS", "auto")
+    if device.type != "cuda" or setting == "0":
+        return False
+    return setting == "1" or rows * widest ** 2 <= WORK_LIMIT

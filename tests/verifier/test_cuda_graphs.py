@@ -83,7 +83,7 @@ def test_the_replayed_search_finds_the_same_radii(nets, monkeypatch, method):
     x = np.random.default_rng(1).uniform(-1, 1, (4, models.STEPS, models.FEATURES)).astype(np.float32)
     direct = certify(graph, x, 2.0, options=_options(method), per_frame=True)
     made = []
-    monkeypatch.setattr(cuda_graphs, "usable", lambda device: True)
+    monkeypatch.setattr(cuda_graphs, "usable", lambda device, rows, widest: True)
     monkeypatch.setattr(cuda_graphs, "ReplayedBounds", lambda build, eps: made.append(_Replay(build, eps)) or made[-1])
     replayed = certify(graph, x, 2.0, options=_options(method), per_frame=True)
     assert len(made) == 1 and made[0].calls > 3
@@ -101,3 +101,14 @@ def _options(method):
 def test_replayed_bounds_refuse_a_cpu_tensor():
     with pytest.raises(ValueError, match="CUDA"):
         cuda_graphs.ReplayedBounds(lambda eps: (lambda: eps), torch.zeros(2))
+
+
+def test_graphs_are_used_on_cuda_for_launch_bound_sizes_only(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.delenv("POPQORN_CUDA_GRAPHS", raising=False)
+    assert cuda_graphs.usable(cuda, 32, 512) and not cuda_graphs.usable(cuda, 32, 1024)
+    assert not cuda_graphs.usable(cpu, 1, 8)
+    monkeypatch.setenv("POPQORN_CUDA_GRAPHS", "1")
+    assert cuda_graphs.usable(cuda, 32, 1024) and not cuda_graphs.usable(cpu, 1, 8)
+    monkeypatch.setenv("POPQORN_CUDA_GRAPHS", "0")
+    assert not cuda_graphs.usable(cuda, 1, 8)
