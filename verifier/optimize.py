@@ -137,7 +137,7 @@ def optimized_lower_bounds(propagator: Propagator, node: str, spec: Tensor, opti
         for key, start in entry.starts().items():
             theta[name][key] = start.expand(-1, m, -1).clone().clamp(0, 1).detach().requires_grad_(True)
     parameters = [t for group in theta.values() for t in group.values()]
-    optimizer = torch.optim.Adam(parameters, lr=options.lr) if parameters else None
+    optimizer = _Adam(parameters, lr=options.lr) if parameters else None
     best = None
     steps = options.steps
     for step in range(steps + 1):
@@ -248,9 +248,37 @@ def jointly_optimized_lower_bounds(make_propagator: Callable[[], Propagator], no
             break
         parameters = tuner.parameters()
         if optimizer is None:
-            optimizer = torch.optim.Adam(parameters, lr=options.lr)
+            optimizer = _Adam(parameters, lr=options.lr)
         _ascend(optimizer, parameters, lower)
     return best
+
+
+class _Adam:
+    """Adam (Kingma & Ba), elementwise, for the relaxation parameters. Not torch.optim.Adam: creating
+    a torch optimizer imports torch._dynamo, 1.7 s of a ~7 s `certify --method alpha` run."""
+
+    def __init__(self, parameters: list[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.parameters, self.lr, self.betas, self.eps = parameters, lr, betas, eps
+        self.moments = [(torch.zeros_like(t), torch.zeros_like(t)) for t in parameters]
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for t in self.parameters:
+            t.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        first, second = self.betas
+        correct_first, correct_second = 1 - first ** self.steps, 1 - second ** self.steps
+        for t, (mean, square) in zip(self.parameters, self.moments):
+            if t.grad is None:
+                continue
+            mean.mul_(first).add_(t.grad, alpha=1 - first)
+            square.mul_(second).addcmul_(t.grad, t.grad, value=1 - second)
+            denominator = (square / correct_second).sqrt_().add_(self.eps)
+            t.addcdiv_(mean, denominator, value=-self.lr / correct_first)
 
 
 def _best(best: Tensor | None, lower: Tensor) -> Tensor:
@@ -259,7 +287,7 @@ def _best(best: Tensor | None, lower: Tensor) -> Tensor:
     return value if best is None else torch.maximum(best, value)
 
 
-def _ascend(optimizer: torch.optim.Optimizer, parameters: list[Tensor], lower: Tensor) -> None:
+def _ascend(optimizer: _Adam, parameters: list[Tensor], lower: Tensor) -> None:
     """One projected gradient-ascent step on the sum of the finite lower bounds (rows are
     independent, so the sum ascends each); parameters stay in [0, 1]."""
     optimizer.zero_grad()
@@ -328,7 +356,7 @@ def ascended_radii(make_propagator: Callable[[Tensor], Propagator], node: str, s
             objective = (weights * torch.where(finite, lower, torch.zeros_like(lower))).sum()
             parameters = tuner.parameters()
             if optimizer is None and parameters:
-                optimizer = torch.optim.Adam(parameters, lr=options.lr)
+                optimizer = _Adam(parameters, lr=options.lr)
             if optimizer is not None:
                 optimizer.zero_grad()
             (-objective).backward()

@@ -195,3 +195,18 @@ def test_bad_optimise_options_are_refused():
         OptimizeOptions(intermediate="all")
     with pytest.raises(InputError, match="steps"):
         OptimizeOptions(steps=-1)
+
+
+def test_the_optimisers_adam_matches_torchs():
+    from verifier.optimize import _Adam
+
+    torch.manual_seed(0)
+    ours = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    theirs = ours.detach().clone().requires_grad_(True)
+    steppers = [(ours, _Adam([ours], lr=0.05)), (theirs, torch.optim.Adam([theirs], lr=0.05))]
+    for _ in range(6):
+        for t, optimiser in steppers:
+            optimiser.zero_grad()
+            ((t ** 3).sum() + t.sin().sum()).backward()
+            optimiser.step()
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-12)
