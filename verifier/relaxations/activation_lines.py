@@ -41,10 +41,11 @@ def _pick(candidates: Tensor, extreme: Tensor, sign: float) -> Tensor:
     the optimisation's start, and autograd would split or pick by last-bit noise: a sample's
     optimisation then depended on the other samples in its batch (different kernels, different
     rounding). The value stays the exact extreme, so soundness does not depend on the pick."""
-    scale = candidates.detach().abs().amax(0) + 1
-    grid = torch.round(sign * candidates.detach() / scale * 2.0 ** 36)
-    index = (grid == grid.amax(0)).to(torch.int8).argmax(0, keepdim=True)  # first of the largest
-    chosen = candidates.gather(0, index).squeeze(0)
+    values = candidates.detach()
+    grid = torch.round(sign * values / (values.abs().amax(0) + 1) * 2.0 ** 36)
+    largest = grid == grid.amax(0)
+    first = largest & (largest.cumsum(0) == 1)  # one per element (argmax over a short axis is slow)
+    chosen = torch.where(first, candidates, torch.zeros_like(candidates)).sum(0)
     return chosen + (extreme - chosen).detach()
 
 
