@@ -43,9 +43,8 @@ def _pick(candidates: Tensor, extreme: Tensor, sign: float) -> Tensor:
     rounding). The value stays the exact extreme, so soundness does not depend on the pick."""
     values = candidates.detach()
     grid = torch.round(sign * values / (values.abs().amax(0) + 1) * 2.0 ** 36)
-    largest = grid == grid.amax(0)
-    first = largest & (largest.cumsum(0) == 1)  # one per element (argmax over a short axis is slow)
-    chosen = torch.where(first, candidates, torch.zeros_like(candidates)).sum(0)
+    index = grid.max(0, keepdim=True).indices  # the first maximum (documented); argmax is slower here
+    chosen = candidates.gather(0, index).squeeze(0)
     return chosen + (extreme - chosen).detach()
 
 
