@@ -35,7 +35,9 @@ def slope_range(fn: ActivationFn, lower: Tensor, upper: Tensor, *known: Tensor) 
 
 def lines_from_slopes(fn: ActivationFn, lower: Tensor, upper: Tensor, lower_slope: Tensor, upper_slope: Tensor) -> Lines:
     """Sound lines with the given slopes (any shape broadcasting with the interval), float64."""
-    low, high = exact_intercepts(fn, lower_slope, upper_slope, *torch.broadcast_tensors(lower, upper))
+    # the interval is not broadcast to the slopes' rows: f at its ends is then computed once per
+    # neuron, not once per row (the values are the same)
+    low, high = exact_intercepts(fn, lower_slope, upper_slope, lower, upper)
     scale = 1 + low.abs() + high.abs() + (lower_slope.abs() + upper_slope.abs()) * torch.maximum(lower.abs(), upper.abs())
     margin = 4 * torch.finfo(torch.float64).eps * scale
     return Lines(lower_slope, low - margin, upper_slope, high + margin)
