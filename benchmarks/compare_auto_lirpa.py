@@ -10,7 +10,10 @@ f_label - f_j over the same l_inf ball around the whole sequence:
         models_onnx/digits_lstm_t8_h16.onnx --samples 5 --eps 0.01
 
 It prints per-sample minimum margins at --eps and certified radii (bisection to 1e-3 relative)
-for each method, and writes benchmarks/results/auto_lirpa.json with --out.
+for each method, and writes benchmarks/results/auto_lirpa.json with --out. With --at-radii alpha it
+instead certifies with popqorn's alpha and bounds auto_LiRPA's margins at exactly those radii, per
+sample (~8 min for alpha-CROWN on 5 samples): where alpha-CROWN's margin is positive, it certifies
+beyond popqorn.
 """
 
 from __future__ import annotations
@@ -76,12 +79,15 @@ def rebuild(path: str) -> CellLoop:
     return CellLoop(cell.op_type, weights)
 
 
-def lirpa_margins(module, x: np.ndarray, labels: np.ndarray, eps: float, method: str) -> np.ndarray:
+def lirpa_margins(module, x: np.ndarray, labels: np.ndarray, eps: float | np.ndarray, method: str) -> np.ndarray:
+    """auto_LiRPA's lower bounds of the margins; `eps` one radius or one per sample."""
     from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 
     xt = torch.as_tensor(x)
     bounded = BoundedModule(module, torch.zeros_like(xt[:1]), verbose=0)
     spec = margin_spec(torch.as_tensor(labels), 10, None).float()
+    if np.ndim(eps):
+        eps = torch.as_tensor(np.asarray(eps), dtype=torch.float32).reshape(-1, 1, 1)
     inputs = BoundedTensor(xt, PerturbationLpNorm(norm=math.inf, eps=eps))
     if method == "alpha-CROWN":
         bounded.set_bound_opts({"optimize_bound_args": {"iteration": 100, "lr_alpha": 0.1}})
@@ -110,6 +116,10 @@ def main() -> None:
     parser.add_argument("--no-alpha", action="store_true", help="skip auto_LiRPA's alpha-CROWN (slow)")
     parser.add_argument("--no-crown", action="store_true", help="skip auto_LiRPA's CROWN")
     parser.add_argument("--tol", type=float, default=1e-3, help="relative tolerance of auto_LiRPA's radius bisection")
+    parser.add_argument("--at-radii", metavar="METHOD",
+                        help="instead: popqorn METHOD's certified radii, then auto_LiRPA's margins at exactly those "
+                             "radii (a positive alpha-CROWN margin means alpha-CROWN certifies beyond popqorn there)")
+    parser.add_argument("--optimize-intermediate", default="shared", help="with --at-radii alpha")
     parser.add_argument("--out")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -147,6 +157,25 @@ def main() -> None:
                         *guess(k), tol=args.tol) for k in range(len(x))]
         return lirpa_margins(module, x, labels, args.eps, method), radii, time.perf_counter() - started
 
+    if args.at_radii:
+        from verifier.optimize import OptimizeOptions
+
+        options = SearchOptions(method=args.at_radii, optimize=OptimizeOptions(intermediate=args.optimize_intermediate))
+        started = time.perf_counter()
+        radii = np.array([r.radius for r in certify(graph, x, math.inf, ball="sequence", labels=labels, options=options)])
+        report["at_radii"] = {"popqorn": args.at_radii, "intermediate": args.optimize_intermediate,
+                              "radii": radii.tolist(), "seconds": time.perf_counter() - started}
+        print(f"popqorn {args.at_radii} radii {np.round(radii, 6).tolist()} ({report['at_radii']['seconds']:.1f} s)")
+        for method in ("CROWN", "alpha-CROWN"):
+            started = time.perf_counter()
+            margins = lirpa_margins(module, x, labels, radii, method).min(1)
+            report["at_radii"][method] = {"min_margin": margins.tolist(), "seconds": time.perf_counter() - started}
+            print(f"auto_LiRPA {method:12s} min margin at those radii {np.round(margins, 4).tolist()} "
+                  f"({time.perf_counter() - started:.0f} s)")
+        if args.out:
+            with open(args.out, "w") as handle:
+                json.dump(report, handle, indent=1)
+        return
     runs = {f"popqorn {m}": (lambda m=m: ours(m)) for m in args.methods.split(",")}
     if not args.no_crown:
         runs["auto_LiRPA CROWN"] = lambda: theirs("CROWN")
