@@ -187,7 +187,8 @@ class _PassTuner:
             # an intermediate pass's rows are [lower rows | upper rows] of the same neurons
             # (Propagator._backward): a neuron's two rows share parameters. They mostly use different
             # ones anyway (a predecessor's lower line in one row is its upper line in the other), and
-            # the relaxations cost half: on the digits LSTM radius 0.0144095 vs 0.0144104, 17.3 vs 20.6 s
+            # the relaxations are computed for half the rows: on the digits LSTM radius 0.0144095 vs
+            # 0.0144104, 17.5 vs 20.6 s
             assert width % 2 == 0, "intermediate passes bound lower and upper rows together"
             paired, width = True, width // 2
         cache = self.caches.setdefault(key, {})
