@@ -3,6 +3,7 @@ call (torch profiler), peak GPU memory and radius-search time per sample, for ra
 models (torch nn.LSTM/nn.GRU, exported to ONNX and parsed like any user model), batch 32.
 
     python -m benchmarks.gpu_probe --out benchmarks/results/gpu_probe.json [--budget 240]
+    python -m benchmarks.gpu_probe --fused --grid lstm:256:28 --out ...   # fused vs eager pull-backs
 
 Configurations run smallest first and the probe stops starting new ones once `--budget` seconds
 have passed, so it always writes what it measured. Also runs on CPU (--device cpu) for a dry run.
@@ -103,18 +104,101 @@ def _timed(call, device, repeats: int = 3) -> tuple[float, float]:
     return float(np.median(times)), float(np.ptp(times))
 
 
-def _search(graph, x, device, dtype, graphs: bool) -> tuple[float, list[float]]:
-    import os
-
-    os.environ["POPQORN_CUDA_GRAPHS"] = "1" if graphs else "0"  # forced either way, to compare
-    t0 = time.perf_counter()
-    results = certify(graph, x, 2.0, options=SearchOptions(method="crown"), device=device, dtype=dtype)
-    _sync(device)
-    os.environ.pop("POPQORN_CUDA_GRAPHS")
+def _search(graph, x, device, dtype, graphs: bool | None, fused: bool | None = None) -> tuple[float, list[float]]:
+    """Radius search time per sample and radii; graphs/fused forced on or off (None: the default rule)."""
+    with _settings(graphs, fused):
+        t0 = time.perf_counter()
+        results = certify(graph, x, 2.0, options=SearchOptions(method="crown"), device=device, dtype=dtype)
+        _sync(device)
     return (time.perf_counter() - t0) / BATCH, [r.radius for r in results]
 
 
-def probe(device: torch.device, budget: float, dtypes: list[torch.dtype], grid: list | None = None) -> dict:
+class _settings:
+    """POPQORN_CUDA_GRAPHS / POPQORN_FUSED forced for a block (None leaves the default rule)."""
+
+    def __init__(self, graphs: bool | None, fused: bool | None) -> None:
+        self.values = {"POPQORN_CUDA_GRAPHS": graphs, "POPQORN_FUSED": fused}
+
+    def __enter__(self) -> None:
+        import os
+
+        for key, value in self.values.items():
+            if value is not None:
+                os.environ[key] = "1" if value else "0"
+
+    def __exit__(self, *exc) -> None:
+        import os
+
+        for key in self.values:
+            os.environ.pop(key, None)
+
+
+def _top_kernels(call, device, count: int = 8) -> tuple[list[tuple[str, float, int]], int, float] | None:
+    """The kernels that took most GPU time in one call ((name, ms, calls)), the number of kernels
+    and their total GPU time in ms."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call()
+        _sync(device)
+    totals: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            entry = totals.setdefault(e.name[:80], [0.0, 0])
+            entry[0] += (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 1000
+            entry[1] += 1
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])
+    top = [(name, round(ms, 2), int(calls)) for name, (ms, calls) in ranked[:count]]
+    return top, int(sum(c for _, c in totals.values())), round(sum(ms for ms, _ in totals.values()), 1)
+
+
+def _fused_rows(row: dict, graph, x, batch, spec, threat, device, dtype, search: bool, quick: bool = False) -> None:
+    """Fused pull-back kernels (verifier.fused) against the eager ones, with and without CUDA
+    graphs, in the same process; kernel counts and GPU time from a CUDA-only profile."""
+    call = lambda: _bound_call(batch.graph, batch, spec, threat, device)
+    with _settings(None, False):
+        eager = call()
+        row["eager_bound_call_s"], row["eager_bound_call_spread_s"] = _timed(call, device)
+        profiled = _top_kernels(call, device)
+        if profiled:
+            row["eager_top_kernels"], row["eager_kernels"], row["eager_gpu_ms"] = profiled
+    with _settings(None, True):
+        t0 = time.perf_counter()
+        first = call()
+        _sync(device)
+        row["fused_first_call_s"] = time.perf_counter() - t0  # includes compiling
+        row["fused_bound_call_s"], row["fused_bound_call_spread_s"] = _timed(call, device)
+        row["fused_vs_eager_max_abs_diff"] = float((first - eager).abs().max())
+        row["fused_vs_eager_scale"] = float(eager.abs().max())
+        profiled = _top_kernels(call, device)
+        if profiled:
+            row["fused_top_kernels"], row["fused_kernels"], row["fused_gpu_ms"] = profiled
+        if device.type == "cuda":
+            replay = _replayed(batch.graph, batch, spec, threat, device)
+            eps = torch.full((BATCH,), 0.01, dtype=dtype, device=device)
+            t0 = time.perf_counter()
+            replayed = replay(eps)
+            _sync(device)
+            row["fused_capture_s"] = time.perf_counter() - t0
+            row["fused_replayed_s"], row["fused_replayed_spread_s"] = _timed(lambda: replay(eps), device)
+            row["fused_replayed_vs_eager_max_abs_diff"] = float((replay(eps) - eager).abs().max())
+            del replayed, replay
+    if search and quick:  # only the default rule's search (fused and replayed where verifier.fused says)
+        row["search_default_s_per_sample"], radii = _search(graph, x, device, dtype, graphs=None, fused=None)
+        row["mean_radius"] = float(np.mean(radii))
+    elif search:
+        row["search_eager_s_per_sample"], reference = _search(graph, x, device, dtype, graphs=False, fused=False)
+        row["mean_radius"] = float(np.mean(reference))
+        for name, graphs in (("search_fused_s_per_sample", False), ("search_fused_graphs_s_per_sample", True)):
+            row[name], radii = _search(graph, x, device, dtype, graphs=graphs, fused=True)
+            row[name.replace("_s_per_sample", "_radii_max_rel_diff")] = float(
+                np.max(np.abs(np.array(radii) - reference) / np.maximum(reference, 1e-12)))
+
+
+def probe(device: torch.device, budget: float, dtypes: list[torch.dtype], grid: list | None = None,
+          compare_fused: bool = False, progress: Path | None = None, quick: bool = False) -> dict:
     started = time.perf_counter()
     rows = []
     rng = np.random.default_rng(0)
@@ -129,14 +213,26 @@ def probe(device: torch.device, budget: float, dtypes: list[torch.dtype], grid: 
                 spec = margin_spec(torch.zeros(BATCH, dtype=torch.long, device=device), CLASSES, None)
                 threat = ThreatModel(2.0, "frame")
                 call = lambda: _bound_call(batch.graph, batch, spec, threat, device)
-                direct = call()  # warm-up: tangent tables, constants, cuBLAS handles
+                with _settings(None, False):
+                    direct = call()  # warm-up: tangent tables, constants, cuBLAS handles
                 _sync(device)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
+                row = {"cell": cell, "hidden": hidden, "steps": steps, "batch": BATCH, "dtype": str(dtype).split(".")[-1]}
+                if compare_fused:
+                    try:
+                        _fused_rows(row, graph, x, batch, spec, threat, device, dtype,
+                                    search=time.perf_counter() - started < budget * 0.8, quick=quick)
+                    except Exception as exc:  # record why, keep probing
+                        row["fused_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    if progress is not None:
+                        progress.write_text(json.dumps(rows, indent=1))
+                    continue
                 median, spread = _timed(call, device)
-                row = {"cell": cell, "hidden": hidden, "steps": steps, "batch": BATCH, "dtype": str(dtype).split(".")[-1],
-                       "bound_call_s": median, "bound_call_spread_s": spread,
-                       "peak_memory_mb": (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)}
+                row.update({"bound_call_s": median, "bound_call_spread_s": spread, "peak_memory_mb": (
+                    torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)})
                 row["kernels_per_bound_call"], row["launch_calls_per_bound_call"] = _kernels(call, device)
                 if device.type == "cuda":
                     try:
@@ -182,13 +278,17 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=240.0, help="seconds after which no new configuration starts")
     parser.add_argument("--dtypes", default="float64")
     parser.add_argument("--grid", help="configurations to run instead of the default grid, e.g. lstm:256:28,gru:128:28")
+    parser.add_argument("--fused", action="store_true",
+                        help="compare fused pull-back kernels (verifier.fused) with eager ones instead of CUDA graphs")
+    parser.add_argument("--quick", action="store_true", help="with --fused: only the default rule's radius search")
     parser.add_argument("--out")
     args = parser.parse_args()
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
     grid = None
     if args.grid:
         grid = [(cell, int(hidden), int(steps)) for cell, hidden, steps in (item.split(":") for item in args.grid.split(","))]
-    report = probe(torch.device(args.device), args.budget, dtypes, grid)
+    progress = Path(args.out).with_suffix(".partial.json") if args.out else None
+    report = probe(torch.device(args.device), args.budget, dtypes, grid, args.fused, progress, args.quick)
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -71,19 +71,24 @@ class ReplayedBounds:
         return first
 
 
-# rows x (widest node)^2 above which a bound call keeps the GPU busy anyway, measured on an H200
-# (benchmarks/results/gpu_probe_h200.json): replay won 2.3x at LSTM H=32 (32 x 128^2) and 1.2-1.8x at
-# H=128 (32 x 512^2) but lost at H=256 (32 x 1024^2: 0.68-0.88x), where the direct search also gains
-# from leaving decided rows out of later calls while a captured call keeps its shape.
+# rows x (widest node)^2 above which an eager bound call keeps the GPU busy anyway, measured on an
+# H200 (benchmarks/results/gpu_probe_h200.json): replay won 2.3x at LSTM H=32 (32 x 128^2) and 1.2-1.8x
+# at H=128 (32 x 512^2) but lost at H=256 (32 x 1024^2: 0.68-0.88x), where the direct search also
+# gains from leaving decided rows out of later calls while a captured call keeps its shape. With
+# fused pull-backs (verifier.fused) the GPU has less to do, and replay won at H=256 too: radius search
+# 0.81 -> 0.62 s per sample (benchmarks/results/gpu_fused_h200.json).
 WORK_LIMIT = 16 * 2**20
 
 
 def usable(device: torch.device, rows: int, widest: int) -> bool:
     """Whether to replay bound calls from CUDA graphs: on CUDA devices, for launch-bound sizes
-    (rows x widest^2 <= WORK_LIMIT); POPQORN_CUDA_GRAPHS=1 always, =0 never."""
+    (rows x widest^2 <= WORK_LIMIT) and wherever pull-backs are fused; POPQORN_CUDA_GRAPHS=1
+    always, =0 never."""
     import os
+
+    from verifier import fused
 
     setting = os.environ.get("POPQORN_CUDA_GRAPHS", "auto")
     if device.type != "cuda" or setting == "0":
         return False
-    return setting == "1" or rows * widest ** 2 <= WORK_LIMIT
+    return setting == "1" or rows * widest ** 2 <= WORK_LIMIT or fused.wanted(device, rows, widest)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from verifier import ir
+from verifier import fused, ir
 from verifier.errors import InputError
 from verifier.regions import Region
 from verifier.relaxations import Relaxer
@@ -143,6 +143,8 @@ class BackwardPass:
     def __init__(self, propagator: Propagator, relaxations: Callable[[ir.Node], LineForm | PlaneForm] | None = None) -> None:
         self.propagator = propagator
         self.relaxations = relaxations or propagator.relaxation  # per-row forms for optimised passes
+        # the pull-back arithmetic: fused kernels only where no gradient flows (verifier.fused)
+        self.kernels = fused.EAGER if torch.is_grad_enabled() else propagator.kernels
         self.sizes = propagator.plan.sizes
         self.coefficients: dict[str, Tensor] = {}
         self.pieces: dict[str, list[tuple[int, Tensor]]] = {}
@@ -167,13 +169,6 @@ class BackwardPass:
 
     def planes(self, node: ir.Product) -> PlaneForm:
         return self.relaxations(node)
-
-    @staticmethod
-    def weighted_sum(a: Tensor, per_neuron: Tensor) -> Tensor:
-        """sum_n a[b, r, n] * v[b, ., n] -> (batch, rows); v shared by rows or per row."""
-        if per_neuron.shape[1] == 1:
-            return torch.matmul(a, per_neuron.transpose(1, 2)).squeeze(-1)
-        return (a * per_neuron).sum(-1)
 
     # -- the walk --------------------------------------------------------------------------------
     def run(self, nodes: tuple[ir.Node, ...]) -> Tensor:
@@ -244,6 +239,7 @@ class Propagator:
         any_region = next(iter(regions.values()))
         self.batch = any_region.center.shape[0]
         self.like = any_region.center
+        self.kernels = fused.pull_backs_for(self.like.device, self.batch, max(self.sizes.values()))
 
     # ---- forward: levels in order ----------------------------------------------------------------
     def run(self, until: str | None = None) -> None:

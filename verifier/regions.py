@@ -20,6 +20,7 @@ Box (VNN-LIB): min = A·mid - |A|·radius. Point: the input is held at its value
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from torch import Tensor
 from verifier import ir
 from verifier.errors import InputError
 from verifier.threat import Ball, ThreatModel, dual_norm
+
+Dot = Callable[[Tensor, Tensor], Tensor]
 
 
 class Region:
@@ -41,8 +44,9 @@ class Region:
     def element_bounds(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def minimize(self, coefficients: Tensor) -> Tensor:
-        """min over the set of coefficients·x, shape (batch, m)."""
+    def minimize(self, coefficients: Tensor, dot: Dot | None = None) -> Tensor:
+        """min over the set of coefficients·x, shape (batch, m). `dot` computes the centre terms
+        sum_n a[b, m, n] v[b, n] (the backward pass's kernel: fused on a GPU, see verifier.fused)."""
         raise NotImplementedError
 
     def maximize(self, coefficients: Tensor) -> Tensor:
@@ -90,8 +94,8 @@ class BallRegion(Region):
             lower, upper = torch.maximum(lower, self.center + self.room[0]), torch.minimum(upper, self.center + self.room[1])
         return lower, upper
 
-    def minimize(self, coefficients: Tensor) -> Tensor:
-        value = _dot(coefficients, self.center)
+    def minimize(self, coefficients: Tensor, dot: Dot | None = None) -> Tensor:
+        value = (dot or _dot)(coefficients, self.center)
         if self.contiguous:
             grouped = coefficients.reshape(*coefficients.shape[:2], *self.groups.shape)
         else:
@@ -186,9 +190,10 @@ class BoxRegion(Region):
     def element_bounds(self) -> tuple[Tensor, Tensor]:
         return self.lower, self.upper
 
-    def minimize(self, coefficients: Tensor) -> Tensor:
+    def minimize(self, coefficients: Tensor, dot: Dot | None = None) -> Tensor:
         radius = (self.upper - self.lower) / 2
-        return _dot(coefficients, self.center) - _dot(coefficients.abs(), radius)
+        dot = dot or _dot
+        return dot(coefficients, self.center) - dot(coefficients.abs(), radius)
 
 
 class PointRegion(Region):
@@ -200,8 +205,8 @@ class PointRegion(Region):
     def element_bounds(self) -> tuple[Tensor, Tensor]:
         return self.center, self.center
 
-    def minimize(self, coefficients: Tensor) -> Tensor:
-        return _dot(coefficients, self.center)
+    def minimize(self, coefficients: Tensor, dot: Dot | None = None) -> Tensor:
+        return (dot or _dot)(coefficients, self.center)
 
 
 def _dot(coefficients: Tensor, vector: Tensor) -> Tensor:

@@ -64,7 +64,7 @@ def _input_interval(node: ir.Input, bounds: Mapping[str, Bounds], context: Backw
 
 
 def _input_pull_back(node: ir.Input, a: Tensor, context: BackwardPass) -> None:
-    context.add_constant(context.region(node.name).minimize(a))
+    context.add_constant(context.region(node.name).minimize(a, context.kernels.dot))
 
 
 def _no_forward(node: ir.Input, values: Mapping[str, Tensor]) -> Tensor:
@@ -99,16 +99,24 @@ def _affine_interval(node: ir.Affine, bounds: Mapping[str, Bounds], context: Bac
 
 
 def _affine_pull_back(node: ir.Affine, a: Tensor, context: BackwardPass) -> None:
+    batch = a.shape[0]
+    shared = batch > 1 and a.stride(0) == 0
+    if shared:
+        # the same rows for every sample (a backward pass's unit-matrix start, expanded over the
+        # batch): pulled back once and expanded again, not once per sample (a strided batched
+        # matrix-vector product of this shape ran at ~5 % of an H200's bandwidth)
+        a = a[:1]
     weight = constant(node.weight, a)
     if node.bias is not None:
-        context.add_constant(a @ constant(node.bias, a))
+        offset = a @ constant(node.bias, a)
+        context.add_constant(offset.expand(batch, -1) if shared else offset)
     if weight.ndim == 1:
-        context.push(node.input, a * weight)
-        return
-    batch, rows, width = a.shape
-    blocks = width // weight.shape[0]
-    pulled = (a.reshape(batch, rows, blocks, weight.shape[0]) @ weight).reshape(batch, rows, blocks * weight.shape[1])
-    context.push(node.input, pulled)
+        pulled = a * weight
+    else:
+        rows, width = a.shape[1:]
+        blocks = width // weight.shape[0]
+        pulled = (a.reshape(a.shape[0], rows, blocks, weight.shape[0]) @ weight).reshape(a.shape[0], rows, -1)
+    context.push(node.input, pulled.expand(batch, -1, -1) if shared else pulled)
 
 
 # ---- Add --------------------------------------------------------------------------------------
@@ -139,10 +147,10 @@ def _activation_interval(node: ir.Activation, bounds: Mapping[str, Bounds], cont
 
 
 def _activation_pull_back(node: ir.Activation, a: Tensor, context: BackwardPass) -> None:
-    lines = context.lines(node)  # lower slope/intercept and the upper - lower differences
-    negative = a.clamp(max=0)
-    context.push(node.input, a * lines.slope + negative * lines.slope_gap)
-    context.add_constant(context.weighted_sum(a, lines.intercept) + context.weighted_sum(negative, lines.intercept_gap))
+    # lower slope/intercept and the upper - lower differences, taken where a coefficient is negative
+    coefficients, constant = context.kernels.line(a, context.lines(node))
+    context.push(node.input, coefficients)
+    context.add_constant(constant)
 
 
 # ---- Product ----------------------------------------------------------------------------------
@@ -158,11 +166,10 @@ def _product_interval(node: ir.Product, bounds: Mapping[str, Bounds], context: B
 
 
 def _product_pull_back(node: ir.Product, a: Tensor, context: BackwardPass) -> None:
-    planes = context.planes(node)
-    negative = a.clamp(max=0)
-    context.push(node.left, a * planes.x + negative * planes.x_gap)
-    context.push(node.right, a * planes.y + negative * planes.y_gap)
-    context.add_constant(context.weighted_sum(a, planes.const) + context.weighted_sum(negative, planes.const_gap))
+    left, right, constant = context.kernels.plane(a, context.planes(node))
+    context.push(node.left, left)
+    context.push(node.right, right)
+    context.add_constant(constant)
 
 
 # ---- Concat / Select: routing -----------------------------------------------------------------
