@@ -120,6 +120,7 @@ def main() -> None:
                         help="instead: popqorn METHOD's certified radii, then auto_LiRPA's margins at exactly those "
                              "radii (a positive alpha-CROWN margin means alpha-CROWN certifies beyond popqorn there)")
     parser.add_argument("--optimize-intermediate", default="shared", help="with --at-radii alpha")
+    parser.add_argument("--optimize-steps", type=int, default=20, help="with --at-radii alpha")
     parser.add_argument("--out")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -160,10 +161,12 @@ def main() -> None:
     if args.at_radii:
         from verifier.optimize import OptimizeOptions
 
-        options = SearchOptions(method=args.at_radii, optimize=OptimizeOptions(intermediate=args.optimize_intermediate))
+        options = SearchOptions(method=args.at_radii, optimize=OptimizeOptions(intermediate=args.optimize_intermediate,
+                                                                               steps=args.optimize_steps))
         started = time.perf_counter()
         radii = np.array([r.radius for r in certify(graph, x, math.inf, ball="sequence", labels=labels, options=options)])
         report["at_radii"] = {"popqorn": args.at_radii, "intermediate": args.optimize_intermediate,
+                              "steps": args.optimize_steps,
                               "radii": radii.tolist(), "seconds": time.perf_counter() - started}
         print(f"popqorn {args.at_radii} radii {np.round(radii, 6).tolist()} ({report['at_radii']['seconds']:.1f} s)")
         for method in ("CROWN", "alpha-CROWN"):

@@ -195,6 +195,8 @@ def test_bad_optimise_options_are_refused():
         OptimizeOptions(intermediate="all")
     with pytest.raises(InputError, match="steps"):
         OptimizeOptions(steps=-1)
+    with pytest.raises(InputError, match="mix ratio"):
+        OptimizeOptions(mix_ratio=0)
 
 
 def test_the_optimisers_adam_matches_torchs():
@@ -203,10 +205,20 @@ def test_the_optimisers_adam_matches_torchs():
     torch.manual_seed(0)
     ours = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     theirs = ours.detach().clone().requires_grad_(True)
-    steppers = [(ours, _Adam([ours], lr=0.05)), (theirs, torch.optim.Adam([theirs], lr=0.05))]
+    steppers = [(ours, _Adam([ours], [0.05])), (theirs, torch.optim.Adam([theirs], lr=0.05))]
     for _ in range(6):
         for t, optimiser in steppers:
             optimiser.zero_grad()
             ((t ** 3).sum() + t.sin().sum()).backward()
             optimiser.step()
     assert torch.allclose(ours, theirs, rtol=0, atol=1e-12)
+
+
+def test_mcormick_mixes_step_further_than_slopes():
+    from verifier.optimize import MIX_RATIO, _rates
+
+    groups = [{"lower": None, "upper": None}, {"left_lower": None, "lower_mix": None, "upper_mix": None}]
+    options = OptimizeOptions(lr=0.01)
+    assert _rates(groups, options) == pytest.approx([0.01, 0.01, 0.01, 0.01 * MIX_RATIO, 0.01 * MIX_RATIO])
+    assert _rates(groups, OptimizeOptions(lr=0.01, mix_ratio=2))[-1] == pytest.approx(0.02)
+    assert MIX_RATIO > 1
