@@ -272,3 +272,15 @@ def test_alpha_method_from_the_command_line(model, capsys):
     alpha = json.loads(out)
     assert code == 0 and alpha["method"] == "alpha"
     assert all(a["radius"] >= c["radius"] * (1 - 1e-3) for a, c in zip(alpha["samples"], crown["samples"]))
+
+
+def test_alpha_joint_planes_switch_from_the_command_line(model, capsys):
+    folder, path = model
+    base = ("certify", path, "--input", folder / "x.npy", "--norm", "2", "--limit", "2", "--json", "--method", "alpha",
+            "--optimize-steps", "3")
+    radii = {}
+    for switch in ("off", "on"):
+        code, out, _ = run(capsys, *base, "--optimize-joint-planes", switch)
+        assert code == 0
+        radii[switch] = [s["radius"] for s in json.loads(out)["samples"]]
+    assert all(r > 0 for r in radii["on"])

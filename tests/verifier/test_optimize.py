@@ -77,9 +77,44 @@ def test_mixed_mccormick_planes_are_sound_for_any_parameters(left_fn, right_fn):
     assert (at(planes.upper_x, planes.upper_y, planes.upper_const) >= f - 1e-12).all()
 
 
+@pytest.mark.parametrize("left_fn, right_fn", [(SIGMOID, TANH), (SIGMOID, None), (None, SIGMOID)], ids=str)
+def test_planes_blended_with_popqorns_are_sound_for_any_weight(left_fn, right_fn):
+    """The optimised mode's products with joint planes: (1 - w) * mixed McCormick + w * POPQORN's
+    planes, any w in [0, 1], bounds the product on the box (sampled on a grid)."""
+    from verifier.optimize import _blend
+    from verifier.relaxations import relax_product_planes
+
+    (xl, xu), (yl, yu) = _box(1000, 6), _box(1000, 7)
+    g = torch.Generator().manual_seed(8)
+    rand = lambda: torch.rand(1000, generator=g, dtype=torch.float64)
+    interval = lambda fn, lower, upper: (Interval(lower, upper) if fn is None
+                                         else Interval(activations.apply(fn, lower), activations.apply(fn, upper)))
+    lines = lambda fn, lower, upper: identity_lines(lower) if fn is None else lines_from_slopes(
+        fn, lower, upper, *(lambda lo, hi: (lo + (hi - lo) * rand(), lo + (hi - lo) * rand()))(*slope_range(fn, lower, upper)))
+    mccormick = mixed_mccormick(left_fn, right_fn, interval(left_fn, xl, xu), interval(right_fn, yl, yu),
+                                lines(left_fn, xl, xu), lines(right_fn, yl, yu), rand(), rand())
+    joint = relax_product_planes(left_fn, right_fn, xl, xu, yl, yu)
+    planes = _blend(mccormick, joint, rand(), rand())
+    t = torch.linspace(0, 1, 41, dtype=torch.float64)
+    x = (xl[:, None] + (xu - xl)[:, None] * t)[:, :, None]
+    y = (yl[:, None] + (yu - yl)[:, None] * t)[:, None, :]
+    f = activations.apply(left_fn, x) * activations.apply(right_fn, y)
+    at = lambda px, py, c: px[:, None, None] * x + py[:, None, None] * y + c[:, None, None]
+    assert (at(planes.lower_x, planes.lower_y, planes.lower_const) <= f + 1e-12).all()
+    assert (at(planes.upper_x, planes.upper_y, planes.upper_const) >= f - 1e-12).all()
+
+
+def test_joint_planes_come_with_per_row_by_default():
+    assert not OptimizeOptions().with_joint_planes and OptimizeOptions(intermediate="per-row").with_joint_planes
+    assert OptimizeOptions(joint_planes=True).with_joint_planes
+    assert not OptimizeOptions(intermediate="per-row", joint_planes=False).with_joint_planes
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, "shared+joint"])
 def test_optimised_margins_start_at_crown_never_fall_below_and_hold(nets, kind, mode):
+    joint = mode.endswith("+joint") or None
+    mode = mode.split("+")[0]
     path = nets[kind]
     graph = parsers.load_onnx(path)
     x = np.random.default_rng(1).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
@@ -91,10 +126,10 @@ def test_optimised_margins_start_at_crown_never_fall_below_and_hold(nets, kind, 
     out = batch.graph.outputs[0].node
     crown = margin_lower_bounds(batch.graph, batch, eps, threat, spec, relaxer_for("crown"), out)
     start = margin_lower_bounds(batch.graph, batch, eps, threat, spec, relaxer_for("alpha"), out,
-                                optimize=OptimizeOptions(steps=0, intermediate=mode))
+                                optimize=OptimizeOptions(steps=0, intermediate=mode, joint_planes=joint))
     assert torch.allclose(start, crown, rtol=0, atol=1e-12)  # step 0 is CROWN
     tuned = margin_lower_bounds(batch.graph, batch, eps, threat, spec, relaxer_for("alpha"), out,
-                                optimize=OptimizeOptions(steps=6, intermediate=mode, lr=0.1))
+                                optimize=OptimizeOptions(steps=6, intermediate=mode, lr=0.1, joint_planes=joint))
     assert (tuned >= crown - 1e-12).all() and (tuned > crown + 1e-6).any()
     session = ort.InferenceSession(str(path))
     rng = np.random.default_rng(0)
