@@ -391,6 +391,9 @@ def _ancestors(graph: ir.Graph, node: str) -> list[ir.Node]:
     return [n for n in graph.nodes if n.name in wanted]
 
 
+REACH = 0.25  # the largest relative change of eps in one step of ascended_radii
+
+
 def ascended_radii(make_propagator: Callable[[Tensor], Propagator], node: str, spec: Tensor, start: Tensor,
                    options: OptimizeOptions, trace: list | None = None) -> Tensor:
     """Largest ε per row (sample) certified by the optimised bounds, found in one optimisation:
@@ -410,6 +413,8 @@ def ascended_radii(make_propagator: Callable[[Tensor], Propagator], node: str, s
     receives (eps, worst margin) of every step."""
     best = start.detach().clone()
     eps = torch.where(start > 0, start, torch.full_like(start, 1e-6)).detach().clone()
+    reach = torch.full_like(eps, REACH)
+    last_certified: Tensor | None = None
     tuner = None
     optimizer = None
     shared = options.intermediate != "per-row"
@@ -453,7 +458,15 @@ def ascended_radii(make_propagator: Callable[[Tensor], Propagator], node: str, s
             with torch.no_grad():
                 for t in parameters:
                     t.clamp_(0, 1)
+        # a trust region on eps per row: a step may change it by a factor up to 1 + reach; reach
+        # halves whenever the margin changes sign (the last step overshot) and regrows otherwise.
+        # Without it, a row whose Newton slope went stale swung between eps * 0.8 and eps * 1.25
+        # for good (digits LSTM, per-row: samples 0 and 3 stuck from step ~30 of 80)
+        if last_certified is not None:
+            flipped = certified != last_certified
+            reach = torch.where(flipped, reach * 0.5, torch.clamp(reach * 1.5, max=REACH))
+        last_certified = certified
         newton = eps + worst.clamp(min=-1e300) / slope.clamp(min=1e-300)
-        guess = torch.where(slope > 0, newton, torch.where(certified, eps * 1.25, eps * 0.8))
-        eps = torch.minimum(torch.maximum(guess, eps * 0.8), eps * 1.25).detach()
+        guess = torch.where(slope > 0, newton, torch.where(certified, eps * (1 + reach), eps / (1 + reach)))
+        eps = torch.minimum(torch.maximum(guess, eps / (1 + reach)), eps * (1 + reach)).detach()
     return best

@@ -212,6 +212,46 @@ def test_radius_ascent_reports_the_largest_step_with_a_positive_margin(nets, mod
     plain = margin_lower_bounds(batch.graph, batch, eps0, threat, spec, relaxer_for("crown"), out).amin(1)
     assert torch.allclose(worst0, plain, rtol=0, atol=1e-9)
     assert (found > start * 1.001).any()
+    _assert_trust_region(trace)
+
+
+def _assert_trust_region(trace) -> None:
+    """eps moves by at most a factor 1 + reach per step, where reach starts at REACH, halves when
+    the margin changes sign and regrows (x1.5, up to REACH) otherwise."""
+    from verifier.optimize import REACH
+
+    eps = torch.tensor([e for e, _ in trace], dtype=torch.float64)
+    certified = torch.tensor([w for _, w in trace], dtype=torch.float64) > 0
+    reach = torch.full_like(eps[0], REACH)
+    for k in range(1, len(trace)):
+        if k >= 2:
+            flipped = certified[k - 1] != certified[k - 2]
+            reach = torch.where(flipped, reach * 0.5, torch.clamp(reach * 1.5, max=REACH))
+        ratio = eps[k] / eps[k - 1]
+        assert (ratio <= (1 + reach) * (1 + 1e-12)).all() and (ratio >= 1 / (1 + reach) * (1 - 1e-12)).all()
+
+
+def test_radius_ascent_settles_instead_of_swinging(nets):
+    """A long ascent: after its sign changes eps moves less and less (it used to swing between
+    eps * 0.8 and eps * 1.25 for good once a row's Newton slope went stale)."""
+    from verifier.bounds import ball_regions
+    from verifier.optimize import ascended_radii
+    from verifier.propagation import Propagator
+
+    graph = parsers.load_onnx(nets["gru"])
+    x = np.random.default_rng(11).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
+    crown = certify(graph, x, math.inf, ball="sequence")
+    batch = make_batch(graph, x)
+    threat = ThreatModel(math.inf, "sequence")
+    spec = margin_spec(torch.tensor([r.label for r in crown]), models.CLASSES, None).double()
+    start = torch.tensor([r.radius for r in crown], dtype=torch.float64)
+    trace = []
+    ascended_radii(lambda e: Propagator(batch.graph, ball_regions(batch, e, threat), relaxer_for("alpha")),
+                   batch.graph.outputs[0].node, spec, start, OptimizeOptions(steps=30), trace)
+    _assert_trust_region(trace)
+    eps = torch.tensor([e for e, _ in trace], dtype=torch.float64)
+    late = (eps[-5:] / eps[-6:-1]).sub(1).abs().amax(0)
+    assert (late < 0.02).all()
 
 
 def test_optimised_radius_does_not_depend_on_the_batch(nets):
