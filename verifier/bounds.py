@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from verifier import forward, ir
+from verifier.canonical import optimised_forms
 from verifier.errors import InputError
 from verifier.methods import DEFAULT_METHOD, METHODS, Method, parse_method
 from verifier.optimize import OptimizeOptions, jointly_optimized_lower_bounds, optimized_lower_bounds
@@ -219,6 +220,13 @@ def bound_linear_box(graph: ir.Graph, lower: np.ndarray, upper: np.ndarray, spec
 
 def _optimized(graph: ir.Graph, regions: dict[str, Region], relaxer: Relaxer, node: str, spec: Tensor,
                optimize: OptimizeOptions | None) -> Tensor:
+    """The best optimised lower bounds over the forms of the graph (canonical.optimised_forms)."""
+    bounds = [_optimized_one(form, regions, relaxer, node, spec, optimize) for form in optimised_forms(graph)]
+    return bounds[0] if len(bounds) == 1 else torch.stack(bounds).amax(0)
+
+
+def _optimized_one(graph: ir.Graph, regions: dict[str, Region], relaxer: Relaxer, node: str, spec: Tensor,
+                   optimize: OptimizeOptions | None) -> Tensor:
     """Lower bounds of spec rows with the optimised mode's relaxations."""
     optimize = optimize or OptimizeOptions()
     if optimize.intermediate == "none":

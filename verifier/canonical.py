@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections import Counter
 
 import numpy as np
@@ -44,10 +45,32 @@ from verifier.ir import Act, ActivationFn
 GRU_UPDATE_FORM = "gates"
 
 
+# The optimised mode (method alpha) also bounds the other form and keeps the better bound: in
+# n + sigmoid(u)*(h - n) the one gate's line follows the sign of everything multiplying it and is
+# tuned once, where the two gates of sigmoid(-u)*n + sigmoid(u)*h are relaxed and tuned apart. Digits
+# GRU, l_inf sequence, 5 samples, 20 steps: radii +2 to +13 % per sample (shared), +2 to +12 %
+# (per-row) over the "gates" form; on a random (untrained) GRU the "gates" form stays far ahead.
+OPTIMISED_GRU_UPDATE = "difference"
+
+_OPTIMISED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def canonicalize(graph: ir.Graph, *, gru_update: str = GRU_UPDATE_FORM) -> ir.Graph:
     """The same function as `graph`, written in the canonical gate algebra (see the module doc).
     `gru_update` picks the GRU update form ("gates" or "difference"); the default is the tighter."""
     return _Rewriter(graph, gru_update).run()
+
+
+def optimised_forms(graph: ir.Graph) -> tuple[ir.Graph, ...]:
+    """The forms of `graph` (canonical) the optimised mode bounds, keeping the better bound: the graph
+    itself and, where it has a GRU update, the graph with OPTIMISED_GRU_UPDATE — the same function,
+    inputs and output names. Computed once per graph."""
+    cached = _OPTIMISED.get(graph)
+    if cached is None:
+        other = canonicalize(graph, gru_update=OPTIMISED_GRU_UPDATE)
+        signature = lambda g: [(type(n).__name__, n.name, ir.node_inputs(n)) for n in g.nodes]
+        cached = _OPTIMISED[graph] = (graph,) if signature(other) == signature(graph) else (graph, other)
+    return cached
 
 
 def describe_products(graph: ir.Graph) -> dict[str, int]:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from verifier import cuda_graphs, forward, ir
 from verifier.bounds import Batch, ball_regions, check_threat, make_batch, output_node, relaxer_for
+from verifier.canonical import optimised_forms
 from verifier.errors import InputError
 from verifier.methods import DEFAULT_METHOD, Method, parse_method
 from verifier.optimize import OptimizeOptions, ascended_radii, jointly_optimized_lower_bounds, optimized_lower_bounds
@@ -252,9 +253,11 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
         found = search_radius(margin, clean[todo], options, device, dtype)
         if options.method is Method.ALPHA:  # CROWN's radii (certified), then raised by the optimisation
             active = rows_batch.select(todo)
-            found = ascended_radii(
-                lambda e: Propagator(graph, ball_regions(active, e, threat, rows_mask[todo]), relaxer), out.node,
-                rows_spec[todo].to(dtype), found, options.optimize)
+            start = found
+            for form in optimised_forms(graph):  # the same function written two ways (GRUs): the larger radius
+                found = torch.maximum(found, ascended_radii(
+                    lambda e, g=form: Propagator(g, ball_regions(active, e, threat, rows_mask[todo]), relaxer),
+                    out.node, rows_spec[todo].to(dtype), start, options.optimize))
         radii[todo] = found
     radii = radii.reshape(batch.size, variants).cpu().numpy()
     elapsed = (time.perf_counter() - started) / batch.size

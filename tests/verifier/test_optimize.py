@@ -297,3 +297,21 @@ def test_mcormick_mixes_step_further_than_slopes():
     assert _rates(groups, options) == pytest.approx([0.01, 0.01, 0.01, 0.01 * MIX_RATIO, 0.01 * MIX_RATIO])
     assert _rates(groups, OptimizeOptions(lr=0.01, mix_ratio=2))[-1] == pytest.approx(0.02)
     assert MIX_RATIO > 1
+
+
+def test_the_optimised_mode_also_bounds_the_gru_difference_form(nets):
+    """GRUs get a second form (n + z*(h - n)) of the same function; LSTMs none."""
+    from verifier import forward
+    from verifier.canonical import optimised_forms
+
+    assert len(optimised_forms(parsers.load_onnx(nets["lstm"]))) == 1
+    graph = parsers.load_onnx(nets["gru"])
+    forms = optimised_forms(graph)
+    assert len(forms) == 2 and forms[0] is graph and optimised_forms(graph) is forms  # computed once
+    x = np.random.default_rng(12).uniform(-1, 1, (4, models.STEPS, models.FEATURES)).astype(np.float32)
+    batch = make_batch(graph, x)
+    out = graph.outputs[0].node
+    values = [forward.run(form, {k: v.double() for k, v in batch.feeds().items()})[out] for form in forms]
+    assert torch.allclose(values[0], values[1], rtol=0, atol=1e-12)
+    kinds = lambda g: sorted(type(n).__name__ for n in g.nodes)
+    assert kinds(forms[0]) != kinds(forms[1])
