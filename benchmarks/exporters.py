@@ -4,7 +4,8 @@ the canonical pass (the graph as the exporter wrote it) and with it (verifier.ca
 `parsers.load_onnx` returns). With the pass the five radii should agree to rounding.
 
 Then the measurement behind verifier.canonical.GRU_UPDATE_FORM: the mean radius of a few GRUs with
-the update written sigmoid(-u)*n + sigmoid(u)*h ("gates") or n + sigmoid(u)*(h - n) ("difference").
+the update written z*h + (1 - z)*n with one gate node z ("complement"), sigmoid(-u)*n + sigmoid(u)*h
+("gates") or n + sigmoid(u)*(h - n) ("difference").
 
     python -m benchmarks.exporters [--samples 5] [--methods crown,popqorn] [--dtypes float64,float32]
                                    [--out benchmarks/results/exporters.json]
@@ -25,7 +26,7 @@ import torch
 
 import parsers
 from parsers import builder
-from verifier.canonical import GRU_UPDATE_FORM, canonicalize, describe_products
+from verifier.canonical import GRU_UPDATE_FORM, GRU_UPDATE_FORMS, canonicalize, describe_products
 from verifier.certify import SearchOptions, certify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,21 +106,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare_gru_forms(samples: int, norm: float, methods: list[str]) -> list[dict]:
-    """Mean certified radius (float64) of each GRU with either update form."""
-    print(f"\n{'GRU':>40} {'method':>8} {'gates':>10} {'difference':>10} {'gates/difference':>16}")
+    """Mean certified radius (float64) of each GRU with each update form (canonical.GRU_UPDATE_FORMS)."""
+    print(f"\n{'GRU':>40} {'method':>8} " + " ".join(f"{form:>10}" for form in GRU_UPDATE_FORMS)
+          + " " + " ".join(f"{form + '/' + GRU_UPDATE_FORM:>22}" for form in GRU_UPDATE_FORMS if form != GRU_UPDATE_FORM))
     rows = []
     for label, (path, samples_path) in GRUS.items():
         raw = load(path, canonical=False)
         x = np.load(samples_path)["x"][:samples]
         for method in methods:
             row = {"model": label, "method": method}
-            for form in ("gates", "difference"):
+            for form in GRU_UPDATE_FORMS:
                 results = certify(canonicalize(raw, gru_update=form), x, norm, options=SearchOptions(method=method),
                                   dtype=torch.float64)
                 row[form] = float(np.mean([r.radius for r in results]))
             rows.append(row)
-            print(f"{label:>40} {method:>8} {row['gates']:10.6f} {row['difference']:10.6f} "
-                  f"{row['gates'] / row['difference']:16.4f}", flush=True)
+            print(f"{label:>40} {method:>8} " + " ".join(f"{row[form]:10.6f}" for form in GRU_UPDATE_FORMS) + " "
+                  + " ".join(f"{row[form] / row[GRU_UPDATE_FORM]:22.4f}" for form in GRU_UPDATE_FORMS
+                             if form != GRU_UPDATE_FORM), flush=True)
     return rows
 
 

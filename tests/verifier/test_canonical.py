@@ -22,7 +22,7 @@ from parsers import builder as builder_module
 from tests.verifier.sampling import gradient_deltas, random_deltas
 from verifier import forward, ir
 from verifier.bounds import bound_outputs, perturbed_input
-from verifier.canonical import canonicalize, describe_products
+from verifier.canonical import GRU_UPDATE_FORMS, canonicalize, describe_products
 from verifier.certify import SearchOptions
 from verifier.ir import Act
 from verifier.threat import ThreatModel
@@ -121,9 +121,10 @@ def test_five_exporters_give_one_canonical_ir(exporter_graphs, cell):
     reference = fingerprint(graphs["torch_legacy"])
     for name, graph in graphs.items():
         assert fingerprint(graph) == reference, name
-    # T=6, H=8 (h0 = 0, so step 0 has no state products). GRU per step: sigmoid(-u)*tanh(c) and, from
-    # step 1, sigmoid(r)*(R h + b) and sigmoid(u)*h. LSTM: i*g and o*tanh(c), from step 1 f*c.
-    expected = {"gru": {"σ·tanh": 48, "σ·y": 80, "McCormick": 0}, "lstm": {"σ·tanh": 96, "σ·y": 40, "McCormick": 0}}
+    # T=6, H=8 (h0 = 0, so step 0 has no state products). GRU: step 0 sigmoid(-u)*tanh(c); from step 1
+    # sigmoid(r)*(R h + b) and the update z*h + (1 - z)*n with one gate z (two McCormick products, see
+    # canonical.GRU_UPDATE_FORM). LSTM: i*g and o*tanh(c), from step 1 f*c.
+    expected = {"gru": {"σ·tanh": 8, "σ·y": 40, "McCormick": 80}, "lstm": {"σ·tanh": 96, "σ·y": 40, "McCormick": 0}}
     assert {name: describe_products(g) for name, g in graphs.items()} == {name: expected[cell] for name in graphs}
 
 
@@ -248,8 +249,29 @@ def test_gru_update_spellings_give_one_graph():
         got = forward.run(canonical, {"x": values})["y"]
         assert torch.allclose(got, forward.run(graph, {"x": values})["y"], rtol=0, atol=1e-14)
         results[spelling] = fingerprint(canonical)
-        assert describe_products(canonical) == {"σ·tanh": H, "σ·y": H, "McCormick": 0}, spelling
+        assert describe_products(canonical) == {"σ·tanh": 0, "σ·y": 0, "McCormick": 2 * H}, spelling
+        z = [n for n in canonical.nodes if isinstance(n, ir.Activation) and n.fn == ir.SIGMOID]
+        assert len(z) == 1 and z[0].input == "u"  # one gate, relaxed once
     assert all(result == results["gates"] for result in results.values())
+
+
+@pytest.mark.parametrize("form", GRU_UPDATE_FORMS)
+def test_every_gru_update_form_computes_the_update_and_is_a_fixed_point(form):
+    x = ir.Input("x", (1, 3 * H), 0, None, "x")
+    u, c, h = (ir.Select(name, "x", np.arange(k * H, (k + 1) * H)) for k, name in enumerate(("u", "c", "h")))
+    nodes = (x, u, c, h, ir.Activation("z", "u", ir.SIGMOID), ir.Activation("n", "c", ir.TANH),
+             ir.Affine("not_z", "z", -np.ones(H), np.ones(H)), ir.Product("keep", "z", "h"),
+             ir.Product("new", "not_z", "n"), ir.Add("y", ("keep", "new")))
+    graph = ir.Graph(nodes, (x,), (ir.Output("y", "y", (1, H), 0),))
+    canonical = canonicalize(graph, gru_update=form)
+    assert structure(canonicalize(canonical, gru_update=form)) == structure(canonical)
+    values = torch.as_tensor(np.random.default_rng(4).normal(0, 2, (10, 3 * H)))
+    z, n, state = torch.sigmoid(values[:, :H]), torch.tanh(values[:, H:2 * H]), values[:, 2 * H:]
+    expected = z * state + (1 - z) * n
+    assert torch.allclose(forward.run(canonical, {"x": values})["y"], expected, rtol=0, atol=1e-14)
+    sigmoids = [n for n in canonical.nodes if isinstance(n, (ir.Activation, ir.Product))
+                and ir.SIGMOID in (getattr(n, "fn", None), getattr(n, "left_fn", None))]
+    assert len(sigmoids) == {"complement": 1, "gates": 2, "difference": 1}[form]
 
 
 def test_describe_products_counts_neurons_by_relaxation_kind():
