@@ -268,10 +268,11 @@ def test_alpha_method_from_the_command_line(model, capsys):
     folder, path = model
     base = ("certify", path, "--input", folder / "x.npy", "--norm", "2", "--limit", "2", "--json")
     crown = json.loads(run(capsys, *base)[1])
-    code, out, _ = run(capsys, *base, "--method", "alpha", "--optimize-steps", "4", "--optimize-intermediate", "none")
-    alpha = json.loads(out)
-    assert code == 0 and alpha["method"] == "alpha"
-    assert all(a["radius"] >= c["radius"] * (1 - 1e-3) for a, c in zip(alpha["samples"], crown["samples"]))
+    for mode in ("none", "per-bound"):
+        code, out, _ = run(capsys, *base, "--method", "alpha", "--optimize-steps", "4", "--optimize-intermediate", mode)
+        alpha = json.loads(out)
+        assert code == 0 and alpha["method"] == "alpha"
+        assert all(a["radius"] >= c["radius"] * (1 - 1e-3) for a, c in zip(alpha["samples"], crown["samples"]))
 
 
 def test_alpha_joint_planes_switch_from_the_command_line(model, capsys):

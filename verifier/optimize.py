@@ -7,8 +7,8 @@ lines, the slopes of its factors' lines and the mixes of its McCormick planes
 (verifier.relaxations.optimizable) — and projected gradient ascent (Adam) maximises the certified
 lower bound. Every parameter value is a sound relaxation, so every iterate is a certificate; the
 best bound seen per row is kept. The optimisation starts at CROWN's relaxation, so the result is
-never below CROWN's bound. The intermediate passes are optimised too (shared or per-row, see
-OptimizeOptions). A radius search moves epsilon inside one optimisation (ascended_radii).
+never below CROWN's bound. The intermediate passes are optimised too (shared, per-row or per-bound,
+see OptimizeOptions). A radius search moves epsilon inside one optimisation (ascended_radii).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from verifier.relaxations.optimizable import (
 from verifier.relaxations.product_planes import relax_product_planes
 from verifier.rules import NONLINEAR
 
-INTERMEDIATE = ("shared", "per-row", "none")
+INTERMEDIATE = ("shared", "per-row", "per-bound", "none")
+PER_ROW = ("per-row", "per-bound")  # the modes with parameters per row of every intermediate pass
 # The mixes of McCormick planes take 10x larger steps than the slopes of lines: a slope change moves
 # a line's touching point and, through the intermediate bounds, every later relaxation, while a mix
 # only tilts one plane between two valid ones. Measured on the digits LSTM, 5 samples, 20 steps:
@@ -51,23 +52,26 @@ class OptimizeOptions:
     bounds are optimised:
       shared   one set of relaxation parameters per node for all intermediate passes (default:
                about 2x the final-only cost per step, most of the gain)
-      per-row  every neuron of every intermediate pass gets its own parameters (alpha-CROWN's full
-               scheme, its lower and upper rows sharing them; tightest, ~3-4x the cost per step)
+      per-row  every neuron of every intermediate pass gets its own parameters, its lower and upper
+               rows sharing them (~3-4x the cost per step)
+      per-bound  as per-row, but a neuron's lower and upper rows have parameters of their own, as in
+               alpha-CROWN's full scheme (tightest: fixed-radius margins +3 % on the digits LSTM, +5 %
+               on the digits GRU over per-row, at ~1.2x (GRU) to ~2x (LSTM) its cost)
       none     CROWN's intermediate bounds, only the final pass optimised (cheapest)"""
 
     steps: int = 20
     lr: float | None = None  # None: the step size measured best for the intermediate mode (step_size)
     intermediate: str = "shared"
     mix_ratio: float | None = None  # the McCormick mixes' step over the slopes' (None: MIX_RATIO)
-    joint_planes: bool | None = None  # also mix in POPQORN's joint planes (None: with per-row only)
+    joint_planes: bool | None = None  # also mix in POPQORN's joint planes (None: with per-row and per-bound)
 
     @property
     def with_joint_planes(self) -> bool:
         """Whether products also mix in POPQORN's joint planes (see _Tuned): by default in per-row
-        mode, where it was measured worth its cost — digits LSTM radius 0.014715 -> 0.014781 (20
+        and per-bound modes, where it was measured worth its cost — digits LSTM radius 0.014715 -> 0.014781 (20
         steps), 0.014870 -> 0.014942 (40 steps) at ~1.2x the time; shared mode gains too (0.013905 ->
         0.014009) but at ~1.5x its time, past the 10 s the default is held to."""
-        return self.intermediate == "per-row" if self.joint_planes is None else self.joint_planes
+        return self.intermediate in PER_ROW if self.joint_planes is None else self.joint_planes
 
     @property
     def step_size(self) -> float:
@@ -213,9 +217,10 @@ class _PassTuner:
     """Per-row parameters of every backward pass of a propagation (the level passes and the final
     one), created on first use from CROWN's relaxations and kept across iterations."""
 
-    def __init__(self, propagator: Propagator, shared: bool, joint: bool = False) -> None:
+    def __init__(self, propagator: Propagator, shared: bool, joint: bool = False, paired: bool = True) -> None:
         self.propagator = propagator
         self.shared = shared  # intermediate passes share one relaxation per node (not per row)
+        self.paired = paired  # a neuron's lower and upper rows in an intermediate pass share parameters
         self.joint = joint  # products also mix in POPQORN's joint planes
         self.theta: dict[tuple, dict[str, Tensor]] = {}
         self.keys: dict[str, list[tuple]] = {}  # node -> the passes with parameters for it, in order
@@ -231,7 +236,7 @@ class _PassTuner:
         paired = False
         if self.shared and key != ("final",):
             key, width = ("shared",), 1
-        elif key != ("final",):
+        elif key != ("final",) and self.paired:
             # an intermediate pass's rows are [lower rows | upper rows] of the same neurons
             # (Propagator._backward): a neuron's two rows share parameters. They mostly use different
             # ones anyway (a predecessor's lower line in one row is its upper line in the other), and
@@ -307,7 +312,8 @@ def jointly_optimized_lower_bounds(make_propagator: Callable[[], Propagator], no
         with torch.enable_grad():
             propagator = make_propagator()
             if tuner is None:
-                tuner = _PassTuner(propagator, options.intermediate == "shared", options.with_joint_planes)
+                tuner = _PassTuner(propagator, options.intermediate == "shared", options.with_joint_planes,
+                                   paired=options.intermediate != "per-bound")
             tuner.use(propagator)
             propagator.tuner = tuner
             propagator.run(until=node)
@@ -417,13 +423,14 @@ def ascended_radii(make_propagator: Callable[[Tensor], Propagator], node: str, s
     last_certified: Tensor | None = None
     tuner = None
     optimizer = None
-    shared = options.intermediate != "per-row"
+    shared = options.intermediate not in PER_ROW
     for _ in range(options.steps):
         with torch.enable_grad():
             radius = eps.clone().requires_grad_(True)
             propagator = make_propagator(radius)
             if tuner is None:
-                tuner = _PassTuner(propagator, shared, options.with_joint_planes)
+                tuner = _PassTuner(propagator, shared, options.with_joint_planes,
+                                   paired=options.intermediate != "per-bound")
             tuner.use(propagator)
             propagator.tuner = tuner if options.intermediate != "none" else None
             propagator.run(until=node)

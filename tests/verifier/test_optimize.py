@@ -23,7 +23,7 @@ from verifier.relaxations.base import Interval
 from verifier.relaxations.optimizable import identity_lines, lines_from_slopes, mixed_mccormick, slope_range
 from verifier.threat import ThreatModel
 
-MODES = ["none", "shared", "per-row"]
+MODES = ["none", "shared", "per-row", "per-bound"]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,7 @@ def test_planes_blended_with_popqorns_are_sound_for_any_weight(left_fn, right_fn
 
 def test_joint_planes_come_with_per_row_by_default():
     assert not OptimizeOptions().with_joint_planes and OptimizeOptions(intermediate="per-row").with_joint_planes
+    assert OptimizeOptions(intermediate="per-bound").with_joint_planes
     assert OptimizeOptions(joint_planes=True).with_joint_planes
     assert not OptimizeOptions(intermediate="per-row", joint_planes=False).with_joint_planes
 
@@ -315,3 +316,27 @@ def test_the_optimised_mode_also_bounds_the_gru_difference_form(nets):
     assert torch.allclose(values[0], values[1], rtol=0, atol=1e-12)
     kinds = lambda g: sorted(type(n).__name__ for n in g.nodes)
     assert kinds(forms[0]) != kinds(forms[1])
+
+
+def test_per_bound_gives_a_neurons_lower_and_upper_rows_parameters_of_their_own(nets):
+    """per-row: an intermediate pass's parameters cover half its rows (a neuron's lower and upper row
+    share them); per-bound: every row; the final pass has one set per margin row either way."""
+    from verifier.bounds import ball_regions
+    from verifier.optimize import _PassTuner
+    from verifier.propagation import Propagator
+
+    graph = parsers.load_onnx(nets["lstm"])
+    x = np.random.default_rng(9).uniform(-1, 1, (2, models.STEPS, models.FEATURES)).astype(np.float32)
+    batch = make_batch(graph, x)
+    regions = ball_regions(batch, torch.full((2,), 0.05, dtype=torch.float64), ThreatModel(math.inf, "sequence"))
+    widths = {}
+    for paired in (True, False):
+        propagator = Propagator(batch.graph, regions, relaxer_for("alpha"))
+        tuner = _PassTuner(propagator, shared=False, paired=paired)
+        tuner.use(propagator)
+        propagator.tuner = tuner
+        with torch.enable_grad():
+            propagator.run()
+        widths[paired] = {key: next(iter(group.values())).shape[1] for key, group in tuner.theta.items()}
+    assert widths[True].keys() == widths[False].keys() and widths[True]
+    assert all(widths[False][key] == 2 * width for key, width in widths[True].items())

@@ -101,13 +101,14 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimize-steps", type=int, default=20, metavar="N",
                         help="--method alpha: gradient steps per bound, or of a whole radius search (certify, "
                              "audit: epsilon moves with the relaxations; default 20)")
-    parser.add_argument("--optimize-intermediate", default="shared", choices=("shared", "per-row", "none"),
+    parser.add_argument("--optimize-intermediate", default="shared", choices=("shared", "per-row", "per-bound", "none"),
                         help="--method alpha: intermediate bounds optimised with one relaxation per node (shared, "
-                             "default), per row of every pass (per-row: alpha-CROWN's full scheme, ~5x slower) or "
-                             "not at all (none: final pass only, fastest)")
+                             "default), per row of every pass (per-row, ~5x slower), per row with separate "
+                             "parameters for each neuron's lower and upper bound (per-bound: alpha-CROWN's full "
+                             "scheme, tightest, ~1.2-2x per-row's time) or not at all (none: final pass only, fastest)")
     parser.add_argument("--optimize-joint-planes", default="auto", choices=("auto", "on", "off"),
                         help="--method alpha: also blend POPQORN's joint 2-D planes into the optimised gate "
-                             "products (auto: with per-row only; tighter, ~1.2-1.5x slower)")
+                             "products (auto: with per-row and per-bound only; tighter, ~1.2-1.5x slower)")
     add_device(parser)
     parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES,
                         help=f"engine precision (default {DEFAULT_DTYPE})")
