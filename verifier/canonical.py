@@ -184,7 +184,7 @@ class _Rewriter:
         taken = {node.name for node in nodes}
         names: dict[str, str] = {}
         for node in nodes:
-            base = self.suffixed.get(node.name)
+            base = None if isinstance(node, ir.Input) else self.suffixed.get(node.name)
             if base is not None and base not in taken:
                 names[node.name] = base
                 taken.add(base)
