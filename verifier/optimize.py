@@ -316,6 +316,7 @@ def jointly_optimized_lower_bounds(make_propagator: Callable[[], Propagator], no
                                    paired=options.intermediate != "per-bound")
             tuner.use(propagator)
             propagator.tuner = tuner
+            propagator.passes_for_exact_nodes = not tuner.shared
             propagator.run(until=node)
             prefix = propagator.graph.nodes[:propagator.plan.order[node] + 1]
             backward = BackwardPass(propagator, relaxations=tuner(("final",), spec.shape[1]))
@@ -433,6 +434,7 @@ def ascended_radii(make_propagator: Callable[[Tensor], Propagator], node: str, s
                                    paired=options.intermediate != "per-bound")
             tuner.use(propagator)
             propagator.tuner = tuner if options.intermediate != "none" else None
+            propagator.passes_for_exact_nodes = not shared
             propagator.run(until=node)
             prefix = propagator.graph.nodes[:propagator.plan.order[node] + 1]
             backward = BackwardPass(propagator, relaxations=tuner(("final",), spec.shape[1]))
