@@ -10,7 +10,8 @@ included), for this tree and optionally an older checkout in the same run:
     with --method alpha, the tightness issue's target <= 10 s);
   * a vanilla RNN shaped like POPQORN's own (T=7, 112 inputs, H=64, tanh; trained here for two epochs
     on sequence-MNIST), 10 samples, per-frame l2 and l_inf balls (target <= 2 s each).
-Every figure is the median of --repeats runs (spread reported). All runs use one thread
+Every figure is the median of --repeats runs (spread reported); with --before the two trees take
+turns run by run, so both see the same machine load. All runs use one thread
 (OMP_NUM_THREADS=1), the default of the current CLI; older checkouts had no --threads option.
 """
 
@@ -66,26 +67,36 @@ def _env(tree: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _timed(tree: Path, args: list[str], repeats: int) -> dict:
-    """Median wall time of a CLI command run in a fresh interpreter on `tree`."""
-    times, code = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", CLI, *args], env=_env(tree), cwd=tree,
-                              capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
-        code = done.returncode
-        if code != 0:
-            return {"error": (done.stderr.strip().splitlines() or ["?"])[-1], "exit": code}
-    return {"median_s": statistics.median(times), "spread_s": max(times) - min(times), "runs": len(times)}
+def _timed(trees: dict[str, Path], args: list[str], repeats: int) -> dict[str, dict]:
+    """Median wall time of a CLI command run in a fresh interpreter on each tree. The trees take
+    turns run by run, in alternating order, so that a change of machine load between the trees'
+    runs (this machine is shared) cannot pass for a change of speed."""
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    failed: dict[str, dict] = {}
+    for k in range(repeats):
+        for name in (list(trees) if k % 2 == 0 else list(reversed(trees))):
+            if name in failed:
+                continue
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, "-c", CLI, *args], env=_env(trees[name]), cwd=trees[name],
+                                  capture_output=True, text=True)
+            times[name].append(time.perf_counter() - start)
+            if done.returncode != 0:
+                failed[name] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1], "exit": done.returncode}
+    return {name: failed.get(name) or {"median_s": statistics.median(t), "spread_s": max(t) - min(t), "runs": len(t)}
+            for name, t in times.items()}
 
 
-def _bound_call(tree: Path, model: Path, method: str, dtype: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", BOUND_CALL, str(model), method, dtype], env=_env(tree), cwd=tree,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
-    return {"best_of_3_s": float(done.stdout.strip().splitlines()[-1])}
+def _bound_call(trees: dict[str, Path], model: Path, method: str, dtype: str) -> dict[str, dict]:
+    """Best of 3 bound calls in one interpreter per tree, twice per tree in alternating order."""
+    best: dict[str, float] = {}
+    for name in [*trees, *reversed(trees)]:
+        done = subprocess.run([sys.executable, "-c", BOUND_CALL, str(model), method, dtype], env=_env(trees[name]),
+                              cwd=trees[name], capture_output=True, text=True)
+        if done.returncode != 0:
+            return {name: {"error": (done.stderr.strip().splitlines() or ["?"])[-1]} for name in trees}
+        best[name] = min(best.get(name, float("inf")), float(done.stdout.strip().splitlines()[-1]))
+    return {name: {"best_of_6_s": value} for name, value in best.items()}
 
 
 def _models(folder: Path) -> dict[str, Path]:
@@ -110,22 +121,28 @@ def _models(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def measure(tree: Path, paths: dict[str, Path], repeats: int, method_note: str) -> dict:
+def measure(trees: dict[str, Path], paths: dict[str, Path], repeats: int) -> dict[str, dict]:
     digits = ROOT / "models_onnx" / "digits_lstm_t8_h16.onnx"
     rnn_samples = paths["rnn"].with_suffix(".samples.npz")
-    out: dict = {"tree": str(tree), "methods": method_note}
-    out["help"] = _timed(tree, ["--help"], repeats)
-    out["inspect"] = _timed(tree, ["inspect", str(ROOT / "models_onnx" / "mnist_lstm_t4_h32.onnx")], repeats)
+    out: dict[str, dict] = {name: {"tree": str(tree), "methods": "defaults of that tree (crown, float64)"}
+                            for name, tree in trees.items()}
+
+    def record(key: str, results: dict[str, dict]) -> None:
+        for name, result in results.items():
+            out[name][key] = result
+
+    record("help", _timed(trees, ["--help"], repeats))
+    record("inspect", _timed(trees, ["inspect", str(ROOT / "models_onnx" / "mnist_lstm_t4_h32.onnx")], repeats))
     for method in ("crown", "popqorn"):
         for dtype in ("float32", "float64"):
-            out[f"lstm_h64_t16_bound_call_{method}_{dtype}"] = _bound_call(tree, paths["lstm"], method, dtype)
+            record(f"lstm_h64_t16_bound_call_{method}_{dtype}", _bound_call(trees, paths["lstm"], method, dtype))
     certify = ["certify", str(digits), "--input", str(digits.with_suffix(".samples.npz")), "--limit", "5",
                "--norm", "inf", "--ball", "sequence", "--no-progress"]
-    out["digits_lstm_5_linf_sequence"] = _timed(tree, certify, repeats)
-    out["digits_lstm_5_linf_sequence_alpha"] = _timed(tree, [*certify, "--method", "alpha"], repeats)
+    record("digits_lstm_5_linf_sequence", _timed(trees, certify, repeats))
+    record("digits_lstm_5_linf_sequence_alpha", _timed(trees, [*certify, "--method", "alpha"], repeats))
     for norm in ("2", "inf"):
         rnn = ["certify", str(paths["rnn"]), "--input", str(rnn_samples), "--norm", norm, "--no-progress"]
-        out[f"popqorn_rnn_10_l{norm}_frame"] = _timed(tree, rnn, repeats)
+        record(f"popqorn_rnn_10_l{norm}_frame", _timed(trees, rnn, repeats))
     return out
 
 
@@ -137,11 +154,10 @@ def main() -> None:
     args = parser.parse_args()
     report = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "load_before": os.getloadavg(),
               "date": time.strftime("%Y-%m-%d %H:%M")}
+    trees = {"after": ROOT, **({"before": Path(args.before)} if args.before else {})}
     with tempfile.TemporaryDirectory() as folder:
         paths = _models(Path(folder))
-        report["after"] = measure(ROOT, paths, args.repeats, "defaults of this tree (crown, float64)")
-        if args.before:
-            report["before"] = measure(Path(args.before), paths, args.repeats, "defaults of that tree")
+        report.update(measure(trees, paths, args.repeats))
     report["load_after"] = os.getloadavg()
     text = json.dumps(report, indent=1)
     if args.out:
