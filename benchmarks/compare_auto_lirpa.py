@@ -121,6 +121,7 @@ def main() -> None:
                              "radii (a positive alpha-CROWN margin means alpha-CROWN certifies beyond popqorn there)")
     parser.add_argument("--optimize-intermediate", default="shared", help="with --at-radii alpha")
     parser.add_argument("--optimize-steps", type=int, default=20, help="with --at-radii alpha")
+    parser.add_argument("--optimize-mix-ratio", type=float, help="with --at-radii alpha (default: the engine's)")
     parser.add_argument("--out")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -162,11 +163,12 @@ def main() -> None:
         from verifier.optimize import OptimizeOptions
 
         options = SearchOptions(method=args.at_radii, optimize=OptimizeOptions(intermediate=args.optimize_intermediate,
-                                                                               steps=args.optimize_steps))
+                                                                               steps=args.optimize_steps,
+                                                                               mix_ratio=args.optimize_mix_ratio))
         started = time.perf_counter()
         radii = np.array([r.radius for r in certify(graph, x, math.inf, ball="sequence", labels=labels, options=options)])
         report["at_radii"] = {"popqorn": args.at_radii, "intermediate": args.optimize_intermediate,
-                              "steps": args.optimize_steps,
+                              "steps": args.optimize_steps, "mix_ratio": args.optimize_mix_ratio,
                               "radii": radii.tolist(), "seconds": time.perf_counter() - started}
         print(f"popqorn {args.at_radii} radii {np.round(radii, 6).tolist()} ({report['at_radii']['seconds']:.1f} s)")
         for method in ("CROWN", "alpha-CROWN"):

@@ -275,6 +275,19 @@ def test_alpha_method_from_the_command_line(model, capsys):
         assert all(a["radius"] >= c["radius"] * (1 - 1e-3) for a, c in zip(alpha["samples"], crown["samples"]))
 
 
+def test_alpha_mix_ratio_from_the_command_line(model, capsys):
+    from verifier.errors import InputError
+
+    folder, path = model
+    base = ("certify", path, "--input", folder / "x.npy", "--norm", "2", "--limit", "1", "--json", "--method", "alpha",
+            "--optimize-steps", "3")
+    code, out, _ = run(capsys, *base, "--optimize-mix-ratio", "5")
+    assert code == 0 and json.loads(out)["samples"][0]["radius"] > 0
+    for bad in ("0", "nan", "-1"):
+        code, _, err = run(capsys, *base, "--optimize-mix-ratio", bad)
+        assert code == InputError.exit_code and "--optimize-mix-ratio must be in (0, 1e6)" in err, bad
+
+
 def test_alpha_joint_planes_switch_from_the_command_line(model, capsys):
     folder, path = model
     base = ("certify", path, "--input", folder / "x.npy", "--norm", "2", "--limit", "2", "--json", "--method", "alpha",
