@@ -250,6 +250,19 @@ class _Rewriter:
             return node.input
         return None
 
+    def _opposite(self, a: str, b: str) -> bool:
+        """a = -b, written as a negation or as two affine maps of one input with opposite weights and
+        biases (a gate's pre-activation sliced out of one fused matrix product, and 1 - sigmoid(u)
+        whose -u was folded into that product: both then read the input directly)."""
+        if self._negated(a) == b or self._negated(b) == a:
+            return True
+        p, q = self.nodes[a], self.nodes[b]
+        if not (isinstance(p, ir.Affine) and isinstance(q, ir.Affine) and p.input == q.input):
+            return False
+        if p.weight.shape != q.weight.shape or not np.array_equal(p.weight, -q.weight):
+            return False
+        return np.array_equal(np.broadcast_to(_or0(p.bias), self.sizes[a]), -np.broadcast_to(_or0(q.bias), self.sizes[b]))
+
     def _negate(self, x: str, name: str) -> str:
         return self._emit(ir.Affine(self._fresh(name), x, -np.ones(self.sizes[x]), None))
 
@@ -403,7 +416,7 @@ class _Rewriter:
             return None
         u, (partner, partner_fn) = gate
         other = self._gate(second)
-        if other is not None and self._negated(other[0]) == u:  # sigmoid(u)*h + sigmoid(-u)*n
+        if other is not None and self._opposite(other[0], u):  # sigmoid(u)*h + sigmoid(-u)*n
             if partner_fn is not None:
                 return None  # h must be the state, not an activation
             return u, partner, other[1]

@@ -204,25 +204,41 @@ def test_hard_sigmoid_spellings_become_one_clip_of_an_affine_map(spelling, tmp_p
     assert np.abs(verifier.evaluate(graph, {"x": x})[0] - expected).max() < 1e-5
 
 
-def test_one_sigmoid_over_all_gates_then_split_fuses_every_product(tmp_path):
-    """sigmoid(all gates) -> Split -> z, r; 1 - z; (1 - z) * tanh(c) + z * x: every product fused."""
+def _split_gate_cell(split: bool) -> tuple[list, dict]:
+    """A GRU-like cell whose two gates come from one sigmoid over one matrix product then a Split, or
+    from two matrix products and two sigmoids: (1 - z) * tanh(r * c) + z * h."""
     rng = np.random.default_rng(2)
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["gates"]), helper.make_node("Sigmoid", ["gates"], ["s"]),
-             helper.make_node("Split", ["s"], ["z", "r"], axis=1),
-             helper.make_node("Sub", ["one", "z"], ["not_z"]), helper.make_node("MatMul", ["x", "V"], ["c"]),
-             helper.make_node("Mul", ["r", "c"], ["rc"]), helper.make_node("Tanh", ["rc"], ["n"]),
-             helper.make_node("Mul", ["not_z", "n"], ["new"]), helper.make_node("MatMul", ["x", "P"], ["h"]),
-             helper.make_node("Mul", ["z", "h"], ["keep"]), helper.make_node("Add", ["new", "keep"], ["y"])]
-    initializers = {"W": rng.uniform(-1, 1, (F, 2 * H)), "V": rng.uniform(-1, 1, (F, H)),
-                    "P": rng.uniform(-1, 1, (F, H)), "one": 1.0}
-    path = _model(nodes, initializers, tmp_path / "split_gates.onnx")
-    graph = parsers.load_onnx(path)
-    assert describe_products(graph) == {"σ·tanh": H, "σ·y": 2 * H, "McCormick": 0}
-    assert not [n for n in graph.nodes if isinstance(n, ir.Activation)]  # all fused into products
-    assert not [n for n in graph.nodes if isinstance(n, ir.Select) and isinstance(graph[n.input], ir.Activation)]
-    x = rng.uniform(-2, 2, (20, F)).astype(np.float32)
-    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    assert np.abs(verifier.evaluate(graph, {"x": x})[0] - expected).max() < 1e-5
+    W = rng.uniform(-1, 1, (F, 2 * H))
+    if split:
+        gates = [helper.make_node("MatMul", ["x", "W"], ["gates"]), helper.make_node("Sigmoid", ["gates"], ["s"]),
+                 helper.make_node("Split", ["s"], ["z", "r"], axis=1)]
+        weights = {"W": W}
+    else:
+        gates = [helper.make_node("MatMul", ["x", "Wz"], ["u"]), helper.make_node("Sigmoid", ["u"], ["z"]),
+                 helper.make_node("MatMul", ["x", "Wr"], ["v"]), helper.make_node("Sigmoid", ["v"], ["r"])]
+        weights = {"Wz": W[:, :H], "Wr": W[:, H:]}
+    nodes = gates + [helper.make_node("Sub", ["one", "z"], ["not_z"]), helper.make_node("MatMul", ["x", "V"], ["c"]),
+                     helper.make_node("Mul", ["r", "c"], ["rc"]), helper.make_node("Tanh", ["rc"], ["n"]),
+                     helper.make_node("Mul", ["not_z", "n"], ["new"]), helper.make_node("MatMul", ["x", "P"], ["h"]),
+                     helper.make_node("Mul", ["z", "h"], ["keep"]), helper.make_node("Add", ["new", "keep"], ["y"])]
+    return nodes, {**weights, "V": rng.uniform(-1, 1, (F, H)), "P": rng.uniform(-1, 1, (F, H)), "one": 1.0}
+
+
+def test_one_sigmoid_over_all_gates_then_split_is_the_same_cell(tmp_path):
+    """sigmoid(all gates) -> Split -> z, r: the update is recognised although 1 - z's -u was folded
+    into the sliced matrix product, and the graph is the one two separate sigmoids give."""
+    graphs = {}
+    for split in (True, False):
+        path = _model(*_split_gate_cell(split), tmp_path / f"split_{split}.onnx")
+        graph = graphs[split] = parsers.load_onnx(path)
+        assert describe_products(graph) == {"σ·tanh": 0, "σ·y": H, "McCormick": 2 * H}  # r*c; z*h, (1 - z)*n
+        z = [n for n in graph.nodes if isinstance(n, ir.Activation) and n.fn == ir.SIGMOID]
+        assert len(z) == 1  # the update gate relaxed once; r is fused into r * c
+        x = np.random.default_rng(5).uniform(-2, 2, (20, F)).astype(np.float32)
+        expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert np.abs(verifier.evaluate(graph, {"x": x})[0] - expected).max() < 1e-5
+        assert fingerprint(canonicalize(graph)) == fingerprint(graph)  # a fixed point
+    assert fingerprint(graphs[True]) == fingerprint(graphs[False])
 
 
 def test_gru_update_spellings_give_one_graph():
