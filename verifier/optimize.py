@@ -348,16 +348,26 @@ class _Adam:
 
     @torch.no_grad()
     def step(self) -> None:
+        """One step on every parameter with a gradient, as list-wide (foreach) kernels: the per-row
+        modes hold thousands of small parameter tensors, and one op per tensor cost ~1 s in 20 steps."""
         self.steps += 1
         first, second = self.betas
         correct_first, correct_second = 1 - first ** self.steps, 1 - second ** self.steps
-        for t, rate, (mean, square) in zip(self.parameters, self.rates, self.moments):
-            if t.grad is None:
-                continue
-            mean.mul_(first).add_(t.grad, alpha=1 - first)
-            square.mul_(second).addcmul_(t.grad, t.grad, value=1 - second)
-            denominator = (square / correct_second).sqrt_().add_(self.eps)
-            t.addcdiv_(mean, denominator, value=-rate / correct_first)
+        live = [k for k, t in enumerate(self.parameters) if t.grad is not None]
+        if not live:
+            return
+        params = [self.parameters[k] for k in live]
+        grads = [t.grad for t in params]
+        means = [self.moments[k][0] for k in live]
+        squares = [self.moments[k][1] for k in live]
+        torch._foreach_mul_(means, first)
+        torch._foreach_add_(means, grads, alpha=1 - first)
+        torch._foreach_mul_(squares, second)
+        torch._foreach_addcmul_(squares, grads, grads, value=1 - second)
+        denominators = torch._foreach_div(squares, correct_second)
+        torch._foreach_sqrt_(denominators)
+        torch._foreach_add_(denominators, self.eps)
+        torch._foreach_addcdiv_(params, means, denominators, [-self.rates[k] / correct_first for k in live])
 
 
 def _rates(groups, options: OptimizeOptions) -> list[float]:
@@ -382,9 +392,14 @@ def _ascend(optimizer: _Adam, parameters: list[Tensor], lower: Tensor) -> None:
         if t.grad is not None:
             t.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     optimizer.step()
+    _project(parameters)
+
+
+def _project(parameters: list[Tensor]) -> None:
+    """Parameters back into [0, 1], where every value is a sound relaxation."""
     with torch.no_grad():
-        for t in parameters:
-            t.clamp_(0, 1)
+        torch._foreach_clamp_min_(parameters, 0.0)
+        torch._foreach_clamp_max_(parameters, 1.0)
 
 
 def _ancestors(graph: ir.Graph, node: str) -> list[ir.Node]:
@@ -464,9 +479,7 @@ def ascended_radii(make_propagator: Callable[[Tensor], Propagator], node: str, s
                 if t.grad is not None:
                     t.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
             optimizer.step()
-            with torch.no_grad():
-                for t in parameters:
-                    t.clamp_(0, 1)
+            _project(parameters)
         # a trust region on eps per row: a step may change it by a factor up to 1 + reach; reach
         # halves whenever the margin changes sign (the last step overshot) and regrows otherwise.
         # Without it, a row whose Newton slope went stale swung between eps * 0.8 and eps * 1.25

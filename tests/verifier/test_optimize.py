@@ -19,6 +19,7 @@ from verifier.bounds import bound_outputs, make_batch, relaxer_for
 from verifier.certify import SearchOptions, certify, margin_lower_bounds, margin_spec
 from verifier.ir import SIGMOID, TANH, Act, ActivationFn
 from verifier.optimize import OptimizeOptions
+from verifier.relaxations.activation_lines import exact_intercepts
 from verifier.relaxations.base import Interval
 from verifier.relaxations.optimizable import identity_lines, lines_from_slopes, mixed_mccormick, slope_range
 from verifier.threat import ThreatModel
@@ -50,6 +51,42 @@ def test_lines_are_sound_for_any_slope(fn):
     f = activations.apply(fn, xs)
     assert (lines.lower_slope[:, None] * xs + lines.lower_intercept[:, None] <= f + 1e-12).all()
     assert (lines.upper_slope[:, None] * xs + lines.upper_intercept[:, None] >= f - 1e-12).all()
+
+
+@pytest.mark.parametrize("fn", [SIGMOID, TANH, ActivationFn(Act.SOFTSIGN), ActivationFn(Act.ELU, 1.0),
+                                ActivationFn(Act.SOFTPLUS), ActivationFn(Act.LEAKY_RELU, 0.1)], ids=str)
+def test_exact_intercepts_carry_the_envelope_gradient(fn):
+    """The intercepts' attached gradient (d/dk = -x*, d/dl = f'(l) - k at a lower-end x*, ...) equals
+    autograd's through the candidate points, and the values are the no-gradient ones exactly."""
+    lower, upper = _box(400, 7)
+    g = torch.Generator().manual_seed(8)
+    k_min, k_max = slope_range(fn, lower, upper)
+    theta = torch.rand(2, 400, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    leaves = [t.clone().requires_grad_(True) for t in (lower, upper, theta[0], theta[1])]
+
+    def intercepts(picked_by_autograd: bool):
+        l, u, a, b = leaves
+        k_lo, k_hi = slope_range(fn, l, u)
+        slopes = (k_lo + a * (k_hi - k_lo), k_lo + b * (k_hi - k_lo))
+        if not picked_by_autograd:
+            return exact_intercepts(fn, *slopes, l, u)
+        sides = []
+        for slope, sign in zip(slopes, (-1.0, 1.0)):  # the reference: autograd through every candidate
+            values = torch.stack([v - slope * x for x, v in activations.critical_points(fn, slope, l, u)])
+            grid = torch.round(sign * values.detach() / (values.detach().abs().amax(0) + 1) * 2.0 ** 36)
+            sides.append(values.gather(0, grid.max(0, keepdim=True).indices).squeeze(0))
+        return sides
+
+    grads = []
+    for reference in (True, False):
+        low, high = intercepts(reference)
+        grads.append(torch.autograd.grad((low * 1.3 - high * 0.7).sum(), leaves))
+        if not reference:
+            with torch.no_grad():
+                plain = intercepts(False)
+            assert torch.equal(low.detach(), plain[0]) and torch.equal(high.detach(), plain[1])
+    for expected, got in zip(*grads):
+        assert torch.allclose(got, expected, rtol=1e-7, atol=1e-7)
 
 
 @pytest.mark.parametrize("left_fn, right_fn", [(SIGMOID, TANH), (SIGMOID, None), (None, SIGMOID)], ids=str)

@@ -38,8 +38,9 @@ def lines_from_slopes(fn: ActivationFn, lower: Tensor, upper: Tensor, lower_slop
     # the interval is not broadcast to the slopes' rows: f at its ends is then computed once per
     # neuron, not once per row (the values are the same)
     low, high = exact_intercepts(fn, lower_slope, upper_slope, lower, upper)
-    scale = 1 + low.abs() + high.abs() + (lower_slope.abs() + upper_slope.abs()) * torch.maximum(lower.abs(), upper.abs())
-    margin = 4 * torch.finfo(torch.float64).eps * scale
+    with torch.no_grad():  # a rounding allowance: its gradient (~1e-16) only cost backward time
+        scale = 1 + low.abs() + high.abs() + (lower_slope.abs() + upper_slope.abs()) * torch.maximum(lower.abs(), upper.abs())
+        margin = 4 * torch.finfo(torch.float64).eps * scale
     return Lines(lower_slope, low - margin, upper_slope, high + margin)
 
 
