@@ -7,6 +7,7 @@ import numpy as np
 from onnx import helper
 
 from parsers.context import Context
+from parsers.ops.elementwise import collapse_fixed_batch
 from parsers.registry import converter
 from parsers.values import Sym
 
@@ -179,6 +180,9 @@ def split(node, inputs, ctx):
 def concat(node, inputs, ctx):
     syms = [x for x in inputs if isinstance(x, Sym)]
     b = next((x.batch_axis for x in syms if x.batch_axis is not None), None)
+    if b is not None and (int(ctx.attrs(node)["axis"]) - b) % syms[0].rank != 0:
+        # a fixed-batch export's constants (a zero state joined to x_t) are sized for its batch
+        inputs = [x if isinstance(x, Sym) else collapse_fixed_batch(x, syms[0].rank, b) for x in inputs]
     return ctx.move(node, inputs, tuple(range(len(inputs))), [b])
 
 

@@ -104,3 +104,44 @@ def test_cell_loops(kind, dynamo, tmp_path):
     x = np.random.default_rng(3).uniform(-1, 1, (2, T, F)).astype(np.float32)
     _export(CellLoop(kind), (torch.from_numpy(x),), tmp_path / "m.onnx", dynamo=dynamo, names=["x"])
     _compare(tmp_path / "m.onnx", {"x": x})
+
+
+class FusedGateGRU(torch.nn.Module):
+    """A hand-written GRU as users write one: the state starts as zeros(x.shape[0], H) and is joined
+    to x_t, both gates come from one matrix product and one sigmoid, then chunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates, self.candidate, self.head = torch.nn.Linear(F + H, 2 * H), torch.nn.Linear(F + H, H), torch.nn.Linear(H, 3)
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], H)
+        for t in range(x.shape[1]):
+            z, r = torch.sigmoid(self.gates(torch.cat([x[:, t], h], 1))).chunk(2, 1)
+            n = torch.tanh(self.candidate(torch.cat([x[:, t], r * h], 1)))
+            h = (1 - z) * n + z * h
+        return self.head(h)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_fixed_batch_exports_join_their_batch_sized_constants(dynamo, tmp_path):
+    """Exported without dynamic axes (torch's default), zeros(x.shape[0], H) becomes a constant of the
+    export's batch size joined to x_t by Concat; one sample needs one row of it. The file must give
+    the IR of the dynamic-batch export."""
+    from verifier.canonical import describe_products
+    x = np.random.default_rng(4).uniform(-1, 1, (3, T, F)).astype(np.float32)
+    module = FusedGateGRU()
+    _export(module, (torch.from_numpy(x),), tmp_path / "dynamic.onnx", dynamo=False, names=["x"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(module, (torch.from_numpy(x),), dynamo=True, input_names=["x"]).save(
+                str(tmp_path / "fixed.onnx"), external_data=False)
+        else:
+            torch.onnx.export(module, (torch.from_numpy(x),), str(tmp_path / "fixed.onnx"), dynamo=False,
+                              opset_version=17, input_names=["x"])
+    _compare(tmp_path / "fixed.onnx", {"x": x})
+    fixed, dynamic = parsers.load_onnx(tmp_path / "fixed.onnx"), parsers.load_onnx(tmp_path / "dynamic.onnx")
+    # at t = 0 the state is zero: the update is (1 - z) * n, one σ·tanh product
+    expected = {"σ·tanh": H, "σ·y": (T - 1) * H, "McCormick": 2 * (T - 1) * H}
+    assert describe_products(fixed) == describe_products(dynamic) == expected
