@@ -190,4 +190,6 @@ def _given_shape(name: str, dims: tuple, given, batch: int | None) -> tuple[int 
     if len(shape) != len(dims) or any(g < 1 for g in shape) or any(
             isinstance(d, int) and d != g and k != batch for k, (d, g) in enumerate(zip(dims, shape))):
         raise InputError(f"input {name!r}: shape {shape} does not fit the model's {tuple(dims)}")
-    return tuple(1 if k == batch else g for k, g in enumerate(shape))
+    # the batch size stays as given: the batch axis may still be a guess that the axis search of a
+    # fixed-shape export moves (template() sets whichever axis it settles on to 1)
+    return shape

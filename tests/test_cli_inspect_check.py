@@ -88,6 +88,19 @@ def test_check_on_a_sample_file_and_json(tmp_path, capsys):
         assert 0 <= report["outputs"][0]["max_abs_diff"] <= 1e-5
 
 
+def test_check_with_a_fixed_shape_exports_own_shape(capsys):
+    """A fixed-shape, time-major dynamo export (batch 2 on axis 1, found by the axis search): giving
+    its own shape with --input-shape must not pin the batch to the guessed axis 0."""
+    model = Path(__file__).resolve().parent / "fixtures" / "exports" / "dynamo_rnn_tanh_hn.onnx"
+    shape = [d.dim_value for d in onnx.load(str(model)).graph.input[0].type.tensor_type.shape.dim]
+    assert shape == [5, 2, 3]
+    code, out, _ = run(capsys, "check", model, "--input-shape", "x=5,2,3", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"]
+    code, out, _ = run(capsys, "inspect", model, "--input-shape", "x=5,2,3")
+    assert code == 0 and "batch axis 1, frame axis 0 (5 frames)" in out
+
+
 def test_check_tolerance_decides(capsys):
     code, out, _ = run(capsys, "check", KERAS / "lstm.onnx", "--tol", "0", "--samples", "4", "--seed", "3")
     assert code == 1 and "check FAILED: output" in out  # float32 runtime vs float64 IR never agree exactly
