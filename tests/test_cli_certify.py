@@ -298,3 +298,18 @@ def test_alpha_joint_planes_switch_from_the_command_line(model, capsys):
         assert code == 0
         radii[switch] = [s["radius"] for s in json.loads(out)["samples"]]
     assert all(r > 0 for r in radii["on"])
+
+
+def test_a_radius_at_the_search_cap_is_marked(model, capsys):
+    """Inputs of 1e30 saturate every gate: the margin hardly depends on the input and the search
+    stops at its cap. The radius is certified, but it is not the largest: JSON says "capped"."""
+    folder, path = model
+    np.save(folder / "huge.npy", np.full((2, models.STEPS, models.FEATURES), 1e30, np.float32))
+    code, out, err = run(capsys, "certify", path, "--input", folder / "huge.npy", "--norm", "inf", "--json")
+    assert code == 0, err
+    samples = json.loads(out)["samples"]
+    assert all(s["capped"] is True and s["radius"] >= 1e4 for s in samples)
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "huge.npy", "--norm", "inf", "--limit", "1")
+    assert code == 0 and ">=" in out and "reached the search's cap" in out
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "inf", "--json", "--limit", "2")
+    assert not any("capped" in s for s in json.loads(out)["samples"])

@@ -145,6 +145,25 @@ def test_complex_samples_are_refused(model, capsys, tmp_path):
     assert "complex" in refused(capsys, "certify", path, "--input", tmp_path / "c.npy")
 
 
+def test_sample_file_messages_name_what_is_wrong(model, capsys, tmp_path):
+    _, path, x = model
+    (tmp_path / "text.npy").write_text("hello")
+    err = refused(capsys, "certify", path, "--input", tmp_path / "text.npy")
+    assert "the file is not a valid .npy array" in err and "'array'" not in err
+    np.savez(tmp_path / "nox.npz", foo=x)
+    err = refused(capsys, "certify", path, "--input", tmp_path / "nox.npz")
+    assert "has arrays ['foo']; an .npz input needs 'x' for the perturbed input" in err and "(or 'x')" not in err
+
+
+def test_arrays_the_model_does_not_read_are_named(model, capsys, tmp_path):
+    """An initial state for a model that takes none is not dropped without a word."""
+    _, path, x = model
+    np.savez(tmp_path / "extra.npz", x=x[:1], h0=np.zeros((1, 4), np.float32))
+    assert main(["certify", str(path), "--input", str(tmp_path / "extra.npz"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "ignoring array(s) ['h0']: this model reads only ['x', 'y']" in err
+
+
 @pytest.mark.parametrize("content, message", [
     ('[1, 2]\n', "not a --resume entry"),
     ('{"config": {}, "result": {"radius": 1}}\n', "not a --resume entry"),

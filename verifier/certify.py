@@ -261,10 +261,13 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
         radii[todo] = found
     radii = radii.reshape(batch.size, variants).cpu().numpy()
     elapsed = (time.perf_counter() - started) / batch.size
+    # a radius past MAX_RADIUS ended the search, not a margin's zero: said so ("capped"), since the
+    # number is then a bound on the search, not the sample's largest certified radius
     return [SampleResult(index=first_index + k, label=int(label_t[k]), predicted=int(predicted[k]),
                          radius=float(radii[k, 0]), time_s=elapsed, misclassified=not bool(correct[k]),
                          target=target,
-                         per_frame_radius=[float(r) for r in radii[k, 1:]] if per_frame else None)
+                         per_frame_radius=[float(r) for r in radii[k, 1:]] if per_frame else None,
+                         extra={"capped": True} if radii[k, 0] >= MAX_RADIUS else {})
             for k in range(batch.size)]
 
 

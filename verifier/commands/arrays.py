@@ -61,7 +61,7 @@ def read_arrays(path: str, what: str, keys: list[str] | None = None) -> np.ndarr
         if zipfile.is_zipfile(path):
             return _read_npz(path, keys, budget, what)
         with open(path, "rb") as handle:
-            return _read_npy(handle, os.path.getsize(path), path, "array", budget, what)
+            return _read_npy(handle, os.path.getsize(path), path, None, budget, what)
     except OSError as exc:
         raise InputError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
 
@@ -102,9 +102,12 @@ def _read_npz(path: str, keys: list[str] | None, budget: _Budget, what: str) -> 
         return arrays
 
 
-def _read_npy(stream: BinaryIO, available: int, path: str, member: str, budget: _Budget, what: str) -> np.ndarray:
-    """One .npy stream: header checked (numeric dtype, no pickle, size within budget and within the
-    `available` bytes) before the data is allocated and read."""
+def _read_npy(stream: BinaryIO, available: int, path: str, member: str | None, budget: _Budget,
+              what: str) -> np.ndarray:
+    """One .npy stream (an .npz `member`, or the whole file when None): header checked (numeric
+    dtype, no pickle, size within budget and within the `available` bytes) before the data is
+    allocated and read."""
+    it = "the file" if member is None else f"array {member!r}"
     start = stream.tell() if stream.seekable() else 0
     try:
         version = np.lib.format.read_magic(stream)
@@ -115,12 +118,12 @@ def _read_npy(stream: BinaryIO, available: int, path: str, member: str, budget: 
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except (ValueError, SyntaxError, EOFError, TypeError) as exc:
-        raise InputError(f"cannot read {what} file {path}: array {member!r} is not a valid .npy array ({exc})") from None
+        raise InputError(f"cannot read {what} file {path}: {it} is not a valid .npy array ({exc})") from None
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise InputError(f"cannot read {what} file {path}: array {member!r} has dtype {dtype}; popqorn reads "
+        raise InputError(f"cannot read {what} file {path}: {it} has dtype {dtype}; popqorn reads "
                          "plain numeric arrays (never pickled objects)")
     if any(int(dim) < 0 for dim in shape):
-        raise InputError(f"cannot read {what} file {path}: array {member!r} declares a negative dimension "
+        raise InputError(f"cannot read {what} file {path}: {it} declares a negative dimension "
                          f"{tuple(shape)}")
     count = 1
     for dim in shape:
@@ -128,19 +131,19 @@ def _read_npy(stream: BinaryIO, available: int, path: str, member: str, budget: 
     nbytes = count * dtype.itemsize
     header = (stream.tell() if stream.seekable() else 0) - start
     if nbytes > budget.limit - budget.used:
-        budget.take(nbytes, member)
+        budget.take(nbytes, member or "array")
     if stream.seekable() and nbytes > available - header:
-        raise InputError(f"cannot read {what} file {path}: array {member!r} is truncated: its header announces "
+        raise InputError(f"cannot read {what} file {path}: {it} is truncated: its header announces "
                          f"shape {tuple(shape)} "
                          f"({nbytes} bytes) but only {max(available - header, 0)} bytes follow")
-    budget.take(nbytes, member)
+    budget.take(nbytes, member or "array")
     array = np.empty(count, dtype=dtype)
     view = memoryview(array.view(np.uint8).reshape(-1))
     filled = 0
     while filled < nbytes:
         got = stream.readinto(view[filled:])
         if not got:
-            raise InputError(f"cannot read {what} file {path}: array {member!r} is truncated: {filled} of {nbytes} "
+            raise InputError(f"cannot read {what} file {path}: {it} is truncated: {filled} of {nbytes} "
                              "data bytes present")
         filled += got
     return array.reshape(shape, order="F" if fortran else "C")

@@ -222,6 +222,7 @@ def print_table(rows: list[dict], report: dict) -> None:
     print(header)
     for row in rows:
         radius = "skipped" if row.get("skipped") else "misclass." if row["misclassified"] else f"{row['radius']:.5f}"
+        radius = f">={radius}" if row.get("capped") else radius
         line = f"{row['index']:>6} {row['label']:>5} {row['predicted']:>4} {radius:>10} {row['time_s']:>7.3f}"
         if "attack_radius" in row:
             attack = "-" if row["attack_radius"] is None else f"{row['attack_radius']:.5f}"
@@ -234,6 +235,11 @@ def print_table(rows: list[dict], report: dict) -> None:
     if "mean_gap" in s and s["mean_gap"] is not None:
         print(f"attack: counterexamples (validated by onnxruntime) for {s['attacked']} samples; mean certified/attack "
               f"radius ratio {s['mean_gap']:.3f} (1 = tight)")
+    capped = [row["index"] for row in rows if row.get("capped")]
+    if capped:
+        from verifier.certify import MAX_RADIUS
+        print(f"note: samples {capped} reached the search's cap (radius >= {MAX_RADIUS:g}): their margins hardly "
+              "depend on the input (saturated activations); the radius shown is certified, the largest is not sought")
     skipped = f", {s['skipped']} skipped ({TARGET_IS_LABEL})" if s.get("skipped") else ""
     print(f"summary: {s['samples']} samples, {s['misclassified']} misclassified{skipped}; radius mean "
           f"{s['mean_radius']:.5f}, median {s['median_radius']:.5f}, min {s['min_radius']:.5f}; certified {fractions}; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,8 +115,13 @@ def load_samples(graph: ir.Graph, args: argparse.Namespace, need_labels: bool = 
     if isinstance(data, dict):
         key = node.onnx_name if node.onnx_name in data else DEFAULT_KEY
         if key not in data:
+            named = "" if node.onnx_name == DEFAULT_KEY else f" (or {node.onnx_name!r})"
             raise InputError(f"{args.input} has arrays {list_members(args.input)}; an .npz input needs "
-                             f"'{DEFAULT_KEY}' (or {node.onnx_name!r}) for the perturbed input (and optionally 'y')")
+                             f"'{DEFAULT_KEY}'{named} for the perturbed input (and optionally 'y')")
+        unused = [m for m in list_members(args.input) if m not in keys]
+        if unused:  # e.g. an initial state for a model that takes none: say so rather than drop it quietly
+            print(f"popqorn: warning: {args.input}: ignoring array(s) {unused}: this model reads only "
+                  f"{list(dict.fromkeys(keys))}", file=sys.stderr)
         x = data[key]
         labels = data.get(LABELS_KEY) if LABELS_KEY not in input_names else None
         missing = [n for n in others if n.onnx_name not in data]
