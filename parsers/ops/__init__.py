@@ -6,5 +6,7 @@ from parsers.ops import (  # noqa: F401
     elementwise,
     linear,
     movement,
+    normalization,
     recurrent,
+    reduce,
 )

@@ -7,7 +7,7 @@ import importlib
 import parsers.loader  # noqa: F401  (registers the converters)
 from parsers import registry
 
-MODULES = ["comparison", "control_flow", "elementwise", "linear", "movement", "recurrent"]
+MODULES = ["comparison", "control_flow", "elementwise", "linear", "movement", "normalization", "recurrent", "reduce"]
 
 
 def test_every_registered_converter_is_covered_by_its_module_test():

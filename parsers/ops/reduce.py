@@ -1,0 +1,99 @@
+"""ReduceSum and ReduceMean: linear pooling heads (mean over time, Keras GlobalAveragePooling1D).
+
+Both are exact affine maps, so bounds pass through them without loss: the reduced axes are moved
+last by a Select (a permutation of element ids), then one Affine with a 1 x K row of ones (sum) or
+1/K (mean) is applied to every block of K consecutive elements. The flat order of the kept axes is
+unchanged, which is also ONNX's output order with or without `keepdims`.
+
+Axes come as an attribute before ReduceSum-13 / ReduceMean-18 and as an optional second input from
+then on, where `noop_with_empty_axes` says whether no axes mean "all axes" or "none".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parsers.context import Context, node_label
+from parsers.errors import BatchLayoutError, Refusal
+from parsers.registry import converter
+from parsers.values import Sym
+
+
+def _axes(node, inputs, ctx: Context, axes_as_input: bool) -> tuple[list[int] | None, bool]:
+    """(axes as written, noop_with_empty_axes); None when no axes are given."""
+    attrs = ctx.attrs(node)
+    if not axes_as_input:
+        axes = attrs.get("axes")
+        return (None if axes is None else [int(a) for a in axes]), False
+    noop = bool(attrs.get("noop_with_empty_axes", 0))
+    value = inputs[1] if len(inputs) > 1 else None
+    if value is None:
+        return None, noop
+    value = ctx.constant(node, value, "axes")
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.integer) or array.ndim > 1:
+        raise Refusal(f"axes must be a 1-D integer tensor, got {array.dtype} of shape {array.shape}")
+    return [int(a) for a in array.reshape(-1)], noop
+
+
+def _normalised(axes: list[int], rank: int) -> list[int]:
+    out = []
+    for axis in axes:
+        if not -rank <= axis < rank:
+            raise Refusal(f"axis {axis} is out of range for an input of rank {rank}")
+        out.append(axis + rank if axis < 0 else axis)
+    if len(set(out)) != len(out):
+        raise Refusal(f"axes {axes} name the same axis twice")
+    return sorted(out)
+
+
+def reduce_linear(node, inputs, ctx: Context, mean: bool, axes_as_input: bool) -> list:
+    """Sum (or mean) of `inputs[0]` over the node's axes, as a Select then one Affine."""
+    x = inputs[0]
+    written, noop = _axes(node, inputs, ctx, axes_as_input)
+    if not written:
+        if noop:
+            return [x]
+        written = list(range(x.rank))
+    axes = _normalised(written, x.rank)
+    if x.batch_axis is not None and x.batch_axis in axes:
+        raise BatchLayoutError(node.op_type, ctx.opset, node_label(node),
+                               f"it reduces over axes {axes}, which include the batch axis {x.batch_axis}: that "
+                               "mixes samples (the input's batch axis may not be where popqorn assumed; give "
+                               "batch_axes=...)")
+    kept = [k for k in range(x.rank) if k not in axes]
+    count = int(np.prod([x.shape[k] for k in axes], dtype=np.int64))
+    if count == 0:
+        raise Refusal("reducing over an empty axis")
+    ids = np.arange(x.size, dtype=np.int64).reshape(x.shape).transpose(kept + axes)
+    source = ctx.builder.select(x.node, ids.reshape(-1), f"{ctx.prefix}/reduced_last")
+    scale = 1.0 / count if mean else 1.0
+    row = np.full((1, count), scale) if count > 1 else np.ones(1)  # one element: the identity, skipped
+    out = ctx.builder.affine(source, row, None, f"{ctx.prefix}/{'mean' if mean else 'sum'}")
+    if ctx.attrs(node).get("keepdims", 1):
+        shape = tuple(1 if k in axes else d for k, d in enumerate(x.shape))
+        batch = x.batch_axis
+    else:
+        shape = tuple(x.shape[k] for k in kept)
+        batch = None if x.batch_axis is None else kept.index(x.batch_axis)
+    return [Sym(out, shape, batch)]
+
+
+@converter("ReduceSum", since=1, attributes=("axes", "keepdims"))
+def reduce_sum(node, inputs, ctx):
+    return reduce_linear(node, inputs, ctx, mean=False, axes_as_input=False)
+
+
+@converter("ReduceSum", since=13, attributes=("keepdims", "noop_with_empty_axes"))
+def reduce_sum_axes_input(node, inputs, ctx):
+    return reduce_linear(node, inputs, ctx, mean=False, axes_as_input=True)
+
+
+@converter("ReduceMean", since=1, attributes=("axes", "keepdims"))
+def reduce_mean(node, inputs, ctx):
+    return reduce_linear(node, inputs, ctx, mean=True, axes_as_input=False)
+
+
+@converter("ReduceMean", since=18, attributes=("keepdims", "noop_with_empty_axes"))
+def reduce_mean_axes_input(node, inputs, ctx):
+    return reduce_linear(node, inputs, ctx, mean=True, axes_as_input=True)
