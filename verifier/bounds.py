@@ -39,10 +39,30 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """None -> cuda when present, else cpu. Asking for cuda without one is an input error."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"device {device!r} is not a torch device (cpu, cuda, cuda:0, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA GPU is available (torch.cuda.is_available() is False)")
     return device
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """torch.float32/float64, their names, or the numpy types: the spellings the CLI and numpy users
+    write; anything else is an input error (the engine computes in these two only)."""
+    if dtype in (torch.float32, torch.float64):
+        return dtype
+    try:
+        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype.strip().lower()
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise InputError(f"dtype must be float32 or float64, not {dtype!r}")
+    return DTYPES[name]
 
 
 @dataclass(frozen=True)
@@ -102,7 +122,7 @@ def make_batch(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], *, input_
         missing = [n.onnx_name for n in graph.inputs if n.onnx_name not in feeds]
         raise InputError(f"the model also takes inputs {missing}; pass all inputs as a dict of arrays")
     flat, _ = forward.flatten_feeds(graph, feeds)
-    device = resolve_device(device)
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     tensors = {k: torch.as_tensor(np.array(v, dtype=np.float64), dtype=dtype, device=device) for k, v in flat.items()}
     center = tensors.pop(node.name)
     return Batch(graph, node, center, tensors)
@@ -195,7 +215,7 @@ def bound_linear_box(graph: ir.Graph, lower: np.ndarray, upper: np.ndarray, spec
     if len(graph.inputs) != 1:
         raise InputError("box properties are supported for single-input models only")
     single = np.ndim(lower) == 1
-    device = resolve_device(device)
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     if parse_method(method) is Method.ALPHA:
         dtype = torch.float64
     as_tensor = lambda a: torch.as_tensor(np.atleast_2d(np.asarray(a, dtype=np.float64)), dtype=dtype, device=device)

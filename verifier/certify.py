@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from verifier import cuda_graphs, forward, ir
-from verifier.bounds import Batch, ball_regions, check_threat, make_batch, output_node, relaxer_for
+from verifier.bounds import Batch, ball_regions, check_threat, make_batch, output_node, relaxer_for, resolve_dtype
 from verifier.canonical import optimised_forms
 from verifier.errors import InputError
 from verifier.methods import DEFAULT_METHOD, Method, parse_method
@@ -210,6 +210,10 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     computed in the same batched search."""
     started = time.perf_counter()
     threat = ThreatModel.of(threat, norm=norm, ball=ball, frames=frames, domain=domain)
+    options = _search_options(options)
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer))):
+        raise InputError(f"target must be a class index (an integer), not {target!r}")
+    dtype = resolve_dtype(dtype)
     if options.method is Method.ALPHA:
         dtype = torch.float64  # the optimised relaxations are computed (and differentiated) in float64
     batch = make_batch(graph, x, input_name=input_name, device=device, dtype=dtype)
@@ -291,6 +295,18 @@ def _replayed_margin(graph: ir.Graph, batch: Batch, threat: ThreatModel, spec: T
         radii[rows] = eps.to(radii)
         return replayed(radii)[rows]
     return margin
+
+
+def _search_options(options) -> SearchOptions:
+    """SearchOptions, or a dict of its fields (the spelling a JSON config gives)."""
+    if isinstance(options, SearchOptions):
+        return options
+    if isinstance(options, dict):
+        try:
+            return SearchOptions(**options)
+        except TypeError as exc:
+            raise InputError(f"options: {exc}") from None
+    raise InputError(f"options must be a verifier.SearchOptions (or a dict of its fields), not {type(options).__name__}")
 
 
 def _check_labels(labels: np.ndarray, count: int, num_classes: int, batch: Batch) -> Tensor:

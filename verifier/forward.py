@@ -71,7 +71,17 @@ def unflatten_output(out: ir.Output, values: Tensor) -> np.ndarray:
 
 def evaluate(graph: ir.Graph, feeds: dict[str, np.ndarray], device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float64) -> list[np.ndarray]:
-    """Outputs of the model for `feeds`, like onnxruntime's InferenceSession.run(None, feeds)."""
+    """Outputs of the model for `feeds`, like onnxruntime's InferenceSession.run(None, feeds); a
+    single-input model also takes the array itself."""
+    from verifier.bounds import resolve_device, resolve_dtype
+    from verifier.errors import InputError
+
+    if not isinstance(feeds, dict):
+        if len(graph.inputs) != 1 or not hasattr(feeds, "shape"):
+            names = [n.onnx_name for n in graph.inputs]
+            raise InputError(f"feeds must be a dict of arrays keyed by input name ({names}), not {type(feeds).__name__}")
+        feeds = {graph.inputs[0].onnx_name: feeds}
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     graph, feeds = graph.specialize(feeds)
     flat, _ = flatten_feeds(graph, feeds)
     inputs = {k: torch.as_tensor(np.array(v, dtype=np.float64), dtype=dtype, device=device) for k, v in flat.items()}

@@ -185,7 +185,8 @@ class ThreatModel:
             if not isinstance(threat, ThreatModel):
                 raise InputError(f"threat must be a ThreatModel, not {type(threat).__name__}")
             return threat
-        return cls(**{k: v for k, v in spellings.items() if v is not None})
+        # None means "all frames" / "unbounded"; a norm or ball of None is a mistake, refused by name
+        return cls(**{k: v for k, v in spellings.items() if v is not None or k in ("norm", "ball")})
 
     def frame_mask(self, node: ir.Input) -> np.ndarray:
         """Which frames of `node` are perturbed, as a bool vector over its frames."""

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 import parsers
+import verifier
 from tests.verifier import models
 from tests.verifier.sampling import gradient_deltas
 from verifier.bounds import make_batch
 from verifier.certify import SearchOptions, certify, margin_lower_bounds, margin_spec
+from verifier.errors import InputError
 from verifier.relaxations import RELAXERS
 from verifier.threat import ThreatModel
 
@@ -152,3 +154,32 @@ def test_radii_do_not_depend_on_the_batch(lstm, samples):
     together = [r.radius for r in certify(graph, samples, 2.0)]
     alone = [certify(graph, samples[k:k + 1], 2.0)[0].radius for k in range(len(samples))]
     assert together == alone
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda g, x: certify(g, x, target="3"), "target must be a class index"),
+    (lambda g, x: certify(g, x, options="alpha"), "options must be a verifier.SearchOptions"),
+    (lambda g, x: certify(g, x, options={"steps": 3}), "options: "),
+    (lambda g, x: certify(g, x, norm=None), "norm must be 1, 2 or inf, not None"),
+    (lambda g, x: certify(g, x, ball=None), "ball must be one of"),
+    (lambda g, x: certify(g, x, device="tpu"), "device 'tpu' is not a torch device"),
+    (lambda g, x: certify(g, x, dtype="float16"), "dtype must be float32 or float64"),
+    (lambda g, x: verifier.evaluate(g, [x]), "feeds must be a dict of arrays keyed by input name"),
+    (lambda g, x: verifier.bound_outputs(g, x, eps=0.01, dtype=np.int64), "dtype must be float32 or float64"),
+])
+def test_api_refuses_bad_arguments_by_name(lstm, samples, call, message):
+    """The Python API's mistakes are InputErrors naming the argument, never a TypeError from deep
+    inside torch (the CLI checks its flags; the API checks the same things itself)."""
+    with pytest.raises(InputError, match=message):
+        call(lstm[1], samples[:1])
+
+
+def test_api_accepts_the_spellings_users_write(lstm, samples):
+    graph, x = lstm[1], samples[:2]
+    reference = certify(graph, x, norm=2, dtype=torch.float32)
+    for dtype in ("float32", np.float32):
+        assert [r.radius for r in certify(graph, x, norm=2, dtype=dtype)] == [r.radius for r in reference]
+    assert [r.radius for r in certify(graph, x, norm=2, options={"method": "crown"})] == \
+        [r.radius for r in certify(graph, x, norm=2)]
+    (by_name,), (by_array,) = verifier.evaluate(graph, {"x": x}), verifier.evaluate(graph, x)
+    assert np.array_equal(by_name, by_array)

@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_samples(parser)
     parser.add_argument("--eps", required=True, help="perturbation radius (>= 0)")
     options.add_threat(parser)
-    parser.add_argument("--target", type=int, help="look for inputs classified as this class")
+    parser.add_argument("--target", type=int,
+                        help="look for inputs where this class scores above the label (the margin that certify "
+                             "--target bounds; another class may still be the prediction)")
     parser.add_argument("--steps", type=int, default=100, help="PGD steps (default 100)")
     parser.add_argument("--restarts", type=int, default=5, help="random restarts (default 5)")
     parser.add_argument("--seed", type=options.seed_value, default=0)

@@ -105,6 +105,8 @@ class Reader:
         index = int(match.group(2))
         if index >= 1 << 31:
             raise error(self.source, line, f"index of {value[1][0]} is too large")
+        if index in self.declared_v1[match.group(1)]:
+            raise error(self.source, line, f"{value[1][0]} is declared twice")
         self.declared_v1[match.group(1)].add(index)
 
     def _version(self, value: list, line: int) -> None:
@@ -311,7 +313,9 @@ class Reader:
                 continue  # an empty box
             if (with_inputs or not cases) and not (np.isfinite(lower).all() and np.isfinite(upper).all()):
                 missing = np.flatnonzero(~(np.isfinite(lower) & np.isfinite(upper)))[:5].tolist()
-                raise InputError(f"{self.source}: inputs {missing} have no lower or upper bound")
+                declared = "" if input_shape is None else f" of the declared input shape {list(input_shape)}"
+                raise InputError(f"{self.source}: inputs {missing} (flat indices{declared}) have no lower or "
+                                 "upper bound")
             key = (lower.tobytes() + upper.tobytes() + low_open.tobytes() + up_open.tobytes()) if with_inputs else b""
             case = cases.get(key)
             if case is None:

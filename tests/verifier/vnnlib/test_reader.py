@@ -184,6 +184,7 @@ def test_size_cap(tmp_path, monkeypatch):
     (V1 + ")\n", 9, r"unexpected '\)'"),
     ("(declare-const X_0 Int)\n", 1, "sort Real"),
     ("(declare-const A_0 Real)\n", 1, "X_i or Y_j"),
+    (V1_HEAD + "(declare-const X_1 Real)\n", 5, "X_1 is declared twice"),
     (V2 + "(assert (<= X[2] 1.0))\n", 10, "out of range"),
     (V2 + "(assert (<= X 1.0))\n", 10, "index it as X"),
     (V2 + "(declare-const X_0 Real)\n", 10, "declare-const is VNN-LIB 1.0"),
@@ -203,5 +204,7 @@ def test_malformed_files_name_the_line(text, line, message):
 
 
 def test_inputs_without_bounds_are_refused():
-    with pytest.raises(InputError, match=r"inputs \[1\] have no lower or upper bound"):
+    with pytest.raises(InputError, match=r"inputs \[2, 3\] \(flat indices of the declared input shape \[2, 2\]\) have no"):
+        parse_text(V2.replace("[2])", "[2, 2])", 1).replace("X[0]", "X[0,0]").replace("X[1]", "X[0,1]"))
+    with pytest.raises(InputError, match=r"inputs \[1\] \(flat indices\) have no lower or upper bound"):
         parse_text(V1_HEAD + "(assert (<= X_0 1.0))\n(assert (>= X_0 0.0))\n(assert (<= X_1 1.0))\n(assert (<= Y_0 1.0))\n")
