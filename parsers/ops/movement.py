@@ -29,6 +29,16 @@ def identity(node, inputs, ctx):
     return [inputs[0]]
 
 
+@converter("Dropout", since=7, attributes=("ratio", "seed"))
+def dropout(node, inputs, ctx):
+    """Inference: the identity (and a mask of ones). Training mode would make the model random."""
+    training = inputs[2] if len(inputs) > 2 else None
+    if training is not None and np.asarray(ctx.constant(node, training, "training_mode")).any():
+        raise ctx.unsupported(node, "training_mode is true: dropout would make the model random")
+    x = inputs[0]
+    return [x, np.ones(x.shape, dtype=bool)][:max(len(node.output), 1)]
+
+
 @converter("Cast", since=1, attributes=("to", "saturate", "round_mode"))
 def cast(node, inputs, ctx):
     to = ctx.attrs(node)["to"]

@@ -11,7 +11,7 @@ import parsers
 from tests.parsers.ops.node_check import check_node, sample, save_node
 from verifier.errors import UnsupportedOperator
 
-COVERED = {"Identity", "Cast", "Shape", "Size", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gather",
+COVERED = {"Identity", "Dropout", "Cast", "Shape", "Size", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gather",
            "Slice", "Split", "Concat", "Expand", "Tile", "ReverseSequence"}
 I64 = np.int64
 
@@ -22,6 +22,20 @@ def ints(*values: int) -> np.ndarray:
 
 def test_identity(tmp_path):
     check_node(tmp_path, helper.make_node("Identity", ["x"], ["y"]), {"x": sample(3, 4)})
+
+
+@pytest.mark.parametrize("opset, extra", [(11, {"ratio": 0.3}), (13, {}), (17, {"seed": 3})])
+def test_dropout_in_inference_is_the_identity(opset, extra, tmp_path):
+    inputs = ["x", "r", "train"] if opset >= 12 else ["x"]
+    constants = {"r": np.array(0.3, np.float32), "train": np.array(False)} if opset >= 12 else None
+    check_node(tmp_path, helper.make_node("Dropout", inputs, ["y"], **extra), {"x": sample(3, 4)}, constants, opset=opset)
+
+
+def test_dropout_in_training_mode_is_refused(tmp_path):
+    node = helper.make_node("Dropout", ["x", "r", "train"], ["y"], name="drop")
+    path = save_node(tmp_path, node, {"x": sample(3, 4)}, {"r": np.array(0.3, np.float32), "train": np.array(True)})
+    with pytest.raises(UnsupportedOperator, match="Dropout .*'drop'.*training_mode"):
+        parsers.load_onnx(path)
 
 
 def test_cast_between_floats(tmp_path):

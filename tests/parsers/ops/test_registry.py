@@ -27,3 +27,13 @@ def test_converters_take_node_inputs_and_context():
 
     with pytest.raises(TypeError, match="must take"):
         registry.converter("NotAnOp")(lambda node, inputs: [])
+
+
+def test_readme_lists_exactly_the_registered_operators():
+    """README's operator list is what users read before exporting: it must not drift from the code."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    listed = re.search(r"<!-- operators -->\n(.*)\n<!-- /operators -->", readme).group(1)
+    assert listed.split(", ") == sorted(registry.registered_ops())
