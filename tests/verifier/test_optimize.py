@@ -89,6 +89,18 @@ def test_exact_intercepts_carry_the_envelope_gradient(fn):
         assert torch.allclose(got, expected, rtol=1e-7, atol=1e-7)
 
 
+def test_exact_intercepts_with_gradient_keep_their_value_on_unbounded_intervals():
+    """An infinite end (inf - inf in the gradient's carrier) must not turn the value into NaN."""
+    lower = torch.tensor([-math.inf, -1.0], dtype=torch.float64, requires_grad=True)
+    upper = torch.tensor([1.0, math.inf], dtype=torch.float64, requires_grad=True)
+    slope = torch.tensor([0.1, 0.1], dtype=torch.float64, requires_grad=True)
+    got = exact_intercepts(SIGMOID, slope, slope, lower, upper)
+    with torch.no_grad():
+        plain = exact_intercepts(SIGMOID, slope, slope, lower, upper)
+    for g, p in zip(got, plain):
+        assert torch.equal(g.detach(), p)
+
+
 @pytest.mark.parametrize("left_fn, right_fn", [(SIGMOID, TANH), (SIGMOID, None), (None, SIGMOID)], ids=str)
 def test_mixed_mccormick_planes_are_sound_for_any_parameters(left_fn, right_fn):
     (xl, xu), (yl, yu) = _box(2000, 3), _box(2000, 4)

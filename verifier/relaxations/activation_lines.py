@@ -64,8 +64,10 @@ def _with_gradient(value: Tensor, slope: Tensor, at: Tensor, which: Tensor, lowe
     x* is stationary in x. The same gradient autograd gives through the candidates (up to the
     rounding of f'(x*) = k), without recording their computation: the optimised mode's backward
     pass was about a third slower with it."""
-    moved = lambda t: t - t.detach()
-    gradient = -at.nan_to_num(0.0, 0.0, 0.0) * moved(slope)  # never inf * 0 in the value
+    # zero-valued carriers of each input's gradient; an infinite bound gives inf - inf: never let
+    # that (or inf * 0) reach the value, which must stay the exact extreme
+    moved = lambda t: (t - t.detach()).nan_to_num(0.0, 0.0, 0.0)
+    gradient = -at.nan_to_num(0.0, 0.0, 0.0) * moved(slope)
     for end, bound in ((0, lower), (1, upper)):
         if bound.requires_grad:
             gradient = gradient + torch.where(which == end, slope_at[end] - slope.detach(), 0.0) * moved(bound)
