@@ -158,6 +158,8 @@ def test_attack_command_and_certify_attack(model, capsys):
     report = json.loads(out)
     adversarial = np.load(folder / "adv.npy")
     assert adversarial.shape == (report["found"], models.STEPS, models.FEATURES) and report["found"] > 0
+    rows = [s["out_row"] for s in report["samples"] if s["found"]]
+    assert rows == list(range(report["found"])) and all(s["out_row"] is None for s in report["samples"] if not s["found"])
     code, out, err = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "inf", "--limit", "2",
                          "--attack", "--json")
     assert code == 0, err

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=options.seed_value, default=0)
     options.add_device(parser)
     options.add_threads(parser)
-    parser.add_argument("--out", metavar="ADV.npy", help="write the counterexamples found, stacked in the model's layout")
+    parser.add_argument("--out", metavar="ADV.npy", help="write the counterexamples found, stacked in the model's layout "
+                                                        "in sample order (JSON: each sample's out_row, null if none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -77,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
                                   output=out, target=args.target, steps=args.steps, restarts=args.restarts, seed=args.seed)
     found = result.found & (predicted == labels)  # misclassified samples need no attack
     rows = []
+    out_rows = np.cumsum(found) - 1  # the row of ADV.npy that holds sample k's counterexample
     for k in range(batch.size):
         distance = distance_in(batch.node, result.adversarial[k] - batch.center[k].cpu().numpy(), threat)
         rows.append({"index": samples.first_index + k, "label": int(labels[k]), "predicted": int(predicted[k]),
                      "misclassified": bool(predicted[k] != labels[k]), "found": bool(found[k]),
-                     "distance": distance if found[k] else None})
+                     "distance": distance if found[k] else None,
+                     "out_row": int(out_rows[k]) if found[k] and args.out else None})
         if args.target is not None and labels[k] == args.target == predicted[k]:
             rows[-1]["skipped"] = "label equals --target"
     if args.out:
