@@ -89,3 +89,17 @@ def test_vnncomp_scripts(tmp_path):
                          capture_output=True, text=True, timeout=120, check=False, env=environment)
     assert run.returncode == 0 and out.read_text() == "error\n"  # the worker's refusal, exit code 5, then `error`
     assert "64 elements" in run.stderr
+
+
+def test_an_empty_input_set_is_unsat_with_a_note(tmp_path, capsys):
+    """Every input box empty (a low bound above its high bound): 'unsat' is true but vacuous, and the
+    user is told so on stderr; stdout keeps VNN-COMP's one-word answer."""
+    text = (FIXTURES / "digits_lstm_robust_v1.vnnlib").read_text()
+    lines = text.splitlines()
+    first = next(k for k, line in enumerate(lines) if line.startswith("(assert (<= X_0 "))
+    lines[first] = "(assert (<= X_0 -1000.0))"
+    empty = tmp_path / "empty.vnnlib"
+    empty.write_text("\n".join(lines) + "\n")
+    code = main(["vnnlib", str(MODEL), str(empty), "--timeout", "60"])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out == "unsat\n" and "holds vacuously" in captured.err
