@@ -189,3 +189,25 @@ def test_reverse_sequence_with_lengths_differing_per_sample_is_refused(tmp_path)
     path = save_node(tmp_path, node, {"x": sample(5, 3, 4)}, {"lens": ints(4, 2, 5)}, batch_axes={"x": 1})
     with pytest.raises(UnsupportedOperator, match="ReverseSequence .*'rev'"):
         parsers.load_onnx(path, batch_axes={"x": 1})
+
+
+def test_gru_with_a_dropout_node_is_certified_soundly(tmp_path):
+    """An inference Dropout (as some exporters leave it) between the pooled GRU state and the head:
+    certified, with onnxruntime's outputs at sampled points inside the bounds."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tests.parsers.ops.test_reduce import GruMeanPool, certified_and_sound, export
+
+    path = export(GruMeanPool(), tmp_path / "gru.onnx", 17)
+    model = onnx.load(str(path))
+    head = next(n for n in model.graph.node if n.op_type == "Gemm")
+    pooled = head.input[0]
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
+                                    numpy_helper.from_array(np.array(False), "training")])
+    model.graph.node.insert(list(model.graph.node).index(head),
+                            helper.make_node("Dropout", [pooled, "ratio", "training"], ["dropped"], name="drop"))
+    head.input[0] = "dropped"
+    onnx.save(model, str(tmp_path / "gru_dropout.onnx"))
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 4, 3)).astype(np.float32)
+    certified_and_sound(tmp_path / "gru_dropout.onnx", x)
