@@ -70,10 +70,8 @@ def _fold(ctx: Context, node: onnx.NodeProto, inputs: list) -> list:
         found = _constant_node(ctx, node)
         if found is not None:
             return found
-    if node.op_type in _RECURRENT and inputs and inputs[0] is not None and np.ndim(inputs[0]) == 3:
-        steps = max(np.shape(inputs[0])[:2])  # time is one of the first two axes, whatever the layout
-        hidden = ctx.attrs(node).get("hidden_size") or 1
-        ctx.meter.charge_unrolled(int(steps) * int(hidden), f"folding {node.op_type} node {node_label(node)!r}")
+    if node.op_type in _RECURRENT:
+        return _fold_recurrent(ctx, node, inputs)
     try:
         outputs = ctx.run(node, _common_float_type(inputs))
     except Refusal as exc:
@@ -84,6 +82,33 @@ def _fold(ctx: Context, node: onnx.NodeProto, inputs: list) -> list:
                 raise ModelFileError(f"Constant node {node_label(node)!r} (tensor {name!r}) contains NaN or "
                                      "infinite values")
     return outputs
+
+
+def _fold_recurrent(ctx: Context, node: onnx.NodeProto, inputs: list) -> list:
+    """A recurrent node over constants, computed by its own converter one batch entry at a time
+    (its constant path), not by the reference evaluator: onnx.reference ignores clip, activations,
+    input_forget and sequence_lens, and a wrong constant here would be certified as the model."""
+    x = inputs[0] if inputs else None
+    if x is None or np.ndim(x) != 3:
+        return _convert(ctx, node, inputs)  # the converter refuses it by name
+    layout = int(ctx.attrs(node).get("layout", 0))
+    batch = np.shape(x)[0 if layout else 1]
+    # the batch axis of X, sequence_lens, initial_h, initial_c (W, R, B and P have none)
+    axes = {0: 0 if layout else 1, 4: 0, 5: 0 if layout else 1, 6: 0 if layout else 1}
+    cells = len(ctx.cells)
+    rows = []
+    for b in range(batch):
+        row = [value[(slice(None),) * axes[k] + (slice(b, b + 1),)]
+               if k in axes and value is not None and np.ndim(value) > axes[k] and np.shape(value)[axes[k]] == batch
+               else value for k, value in enumerate(inputs)]
+        rows.append(_convert(ctx, node, row))
+    del ctx.cells[cells:]  # computed once at load, not a cell of the model
+    ctx.notes.append(f"{node.op_type} node {node_label(node)!r} reads only constants: computed at load")
+    out_axes = [2 if not layout else 0] + [1 if not layout else 0] * 2  # Y, Y_h, Y_c
+    dtype = np.result_type(*(np.asarray(v).dtype for v in inputs if v is not None and np.issubdtype(
+        np.asarray(v).dtype, np.floating)))
+    return [None if parts[0] is None else np.concatenate(parts, axis=out_axes[k]).astype(dtype)
+            for k, parts in enumerate(zip(*rows))]
 
 
 def _convert(ctx: Context, node: onnx.NodeProto, inputs: list) -> list:

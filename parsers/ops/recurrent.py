@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parsers.context import Context
+from parsers.errors import Refusal
 from parsers.ops.elementwise import collapse_fixed_batch
 from parsers.registry import converter
 from parsers.values import Sym
@@ -142,31 +143,43 @@ class Unroller:
     """Shared mechanics of one direction of a recurrent node: input projections, the recurrent
     affine map and constant/symbolic state bookkeeping."""
 
-    def __init__(self, ctx: Context, x: Sym, steps: int, inputs: int, label: str) -> None:
+    def __init__(self, ctx: Context, x: Sym | np.ndarray, steps: int, inputs: int, label: str) -> None:
         self.ctx, self.b, self.x, self.steps, self.inputs, self.label = ctx, ctx.builder, x, steps, inputs, label
 
-    def project_inputs(self, weight: np.ndarray, bias: np.ndarray) -> str:
-        """W x_t + bias for every step at once: one blockwise affine map over the whole sequence."""
+    def project_inputs(self, weight: np.ndarray, bias: np.ndarray) -> State:
+        """W x_t + bias for every step at once: one blockwise affine map over the whole sequence
+        (flat, step-major); for a constant sequence (steps, features), its value."""
+        if isinstance(self.x, np.ndarray):
+            return (self.x @ weight.T + bias).reshape(-1)
         return self.b.affine(self.x.node, weight, np.tile(bias, self.steps), f"{self.label}/input_proj")
 
-    def step_slice(self, projected: str, t: int, width: int, name: str) -> str:
-        return self.b.select(projected, np.arange(t * width, (t + 1) * width), f"{self.label}/t{t}/{name}")
+    def select(self, value: State, index: np.ndarray, name: str) -> State:
+        return value[index] if isinstance(value, np.ndarray) else self.b.select(value, index, name)
 
-    def recurrent(self, x_part: str, weight: np.ndarray, h: State, t: int, name: str) -> str:
-        """x_part + R h: a constant state folds into a bias."""
+    def step_slice(self, projected: State, t: int, width: int, name: str) -> State:
+        return self.select(projected, np.arange(t * width, (t + 1) * width), f"{self.label}/t{t}/{name}")
+
+    def recurrent(self, x_part: State, weight: np.ndarray, h: State, t: int, name: str) -> State:
+        """x_part + R h: a constant state folds into a bias, a constant input part too."""
         if isinstance(h, np.ndarray):
+            if isinstance(x_part, np.ndarray):
+                return x_part + weight @ h
             if not h.any():
                 return x_part
             return self.b.affine(x_part, np.ones(self.b.sizes[x_part]), weight @ h, f"{self.label}/t{t}/{name}")
+        if isinstance(x_part, np.ndarray):
+            return self.b.affine(h, weight, x_part, f"{self.label}/t{t}/{name}")
         rec = self.b.affine(h, weight, None, f"{self.label}/t{t}/{name}_rec")
         return self.b.add([x_part, rec], f"{self.label}/t{t}/{name}")
 
-    def gate(self, pre: str, k: int, hidden: int, t: int, name: str) -> str:
-        return self.b.select(pre, np.arange(k * hidden, (k + 1) * hidden), f"{self.label}/t{t}/{name}_pre")
+    def gate(self, pre: State, k: int, hidden: int, t: int, name: str) -> State:
+        return self.select(pre, np.arange(k * hidden, (k + 1) * hidden), f"{self.label}/t{t}/{name}_pre")
 
-    def clip(self, pre: str, clip: float | None, t: int, name: str) -> str:
+    def clip(self, pre: State, clip: float | None, t: int, name: str) -> State:
         if clip is None:
             return pre
+        if isinstance(pre, np.ndarray):
+            return np.clip(pre, -clip, clip)
         return self.b.activation(pre, ActivationFn(Act.CLIP, -clip, clip), f"{self.label}/t{t}/{name}_clip")
 
     def product(self, a: State, c: State, name: str) -> State:
@@ -191,8 +204,10 @@ class Unroller:
         return self.b.add([a, c], name)
 
 
-def _one_minus(unroller: Unroller, fn: Activation, pre: str, activated: str, name: str) -> str:
+def _one_minus(unroller: Unroller, fn: Activation, pre: State, activated: State, name: str) -> State:
     """1 - f(pre): sigmoid(-pre) when f is the sigmoid (keeps products in fused form)."""
+    if isinstance(activated, np.ndarray):
+        return 1.0 - activated
     b = unroller.b
     if fn.name == "sigmoid":
         return b.activation(b.scale_shift(pre, -1.0, 0.0, f"{name}_neg"), ActivationFn(Act.SIGMOID), name)
@@ -212,9 +227,11 @@ def _sequence_length(node, value, steps: int, ctx: Context) -> int:
     return length
 
 
-def _sequence_input(node, x, layout: int, ctx: Context) -> tuple[Sym, int, int]:
+def _sequence_input(node, x, layout: int, ctx: Context) -> tuple[Sym | np.ndarray, int, int]:
+    """X as a Sym, or a constant X (a decoder's input, or a node folded per batch entry by
+    walk._fold) as its (steps, features) array in time order."""
     if not isinstance(x, Sym):
-        raise ctx.unsupported(node, "X is constant; a recurrent node over constants should have been folded")
+        return _constant_sequence(node, x, layout, ctx)
     if x.rank != 3:
         raise ctx.unsupported(node, f"X must have rank 3, got shape {x.shape}")
     batch_axis = 0 if layout else 1
@@ -226,21 +243,46 @@ def _sequence_input(node, x, layout: int, ctx: Context) -> tuple[Sym, int, int]:
     return x, steps, x.shape[2]
 
 
+def _constant_sequence(node, x, layout: int, ctx: Context) -> tuple[np.ndarray, int, int]:
+    array = np.asarray(x, dtype=np.float64)
+    if array.ndim != 3:
+        raise ctx.unsupported(node, f"X must have rank 3, got shape {array.shape}")
+    batch_axis = 0 if layout else 1
+    try:
+        array = collapse_fixed_batch(array, 3, batch_axis)
+    except Refusal as exc:
+        raise ctx.unsupported(node, f"X is constant but {exc}") from None
+    sequence = array[0] if layout else array[:, 0]
+    if sequence.shape[0] < 1 or sequence.shape[1] < 1:
+        raise ctx.unsupported(node, f"X of shape {array.shape} is empty: no time steps or no features")
+    return sequence, sequence.shape[0], sequence.shape[1]
+
+
 def _emit_outputs(node, ctx: Context, per_step: list[list[State]], finals: list[list[State]], steps: int,
-                  hidden: int, layout: int, like: Sym) -> list:
+                  hidden: int, layout: int, like: Sym | None) -> list:
     """Y [T, D, 1, H] (layout 0) / [1, T, D, H] (layout 1) and the final states [D, 1, H] / [1, D, H];
-    flat order t, d, h in both layouts."""
+    flat order t, d, h in both layouts. With constant inputs only (`like` None), constant arrays."""
     directions = len(per_step)
+    y_shape = (1, steps, directions, hidden) if layout else (steps, directions, 1, hidden)
+    final_shape = (1, directions, hidden) if layout else (directions, 1, hidden)
+    wanted = len(node.output)
+    if like is None:
+        y = np.stack([np.stack([np.asarray(per_step[d][t]) for d in range(directions)]) for t in range(steps)])
+        outputs = [y.reshape(y_shape)] + [np.stack(states).reshape(final_shape) for states in finals]
+        return [outputs[k] if k < wanted and node.output[k] else None for k in range(len(outputs))][:wanted]
     materialized = lambda s: s if isinstance(s, str) else ctx.materialize(np.asarray(s), like).node
     y_parts = [materialized(per_step[d][t]) for t in range(steps) for d in range(directions)]
-    y_shape = (1, steps, directions, hidden) if layout else (steps, directions, 1, hidden)
     outputs = [Sym(ctx.builder.concat(y_parts, f"{ctx.prefix}/Y"), y_shape, 0 if layout else 2)]
-    final_shape = (1, directions, hidden) if layout else (directions, 1, hidden)
     for k, states in enumerate(finals):
         parts = [materialized(s) for s in states]
         outputs.append(Sym(ctx.builder.concat(parts, f"{ctx.prefix}/final{k}"), final_shape, 0 if layout else 1))
-    wanted = len(node.output)
     return [outputs[k] if k < wanted and node.output[k] else None for k in range(len(outputs))][:wanted]
+
+
+def _symbolic(inputs: list) -> Sym | None:
+    """A symbolic input of the node (X, or a decoder's initial state), which constant outputs are
+    materialised against; None when every input is constant."""
+    return next((value for value in inputs if isinstance(value, Sym)), None)
 
 
 def _setup(node, inputs, ctx: Context, op: str):
@@ -293,7 +335,7 @@ def _order(direction: str, d: int, length: int) -> range:
 
 @converter("LSTM", since=1, attributes=COMMON + ("input_forget", "output_sequence"))
 def lstm(node, inputs, ctx: Context):
-    (attrs, layout, direction, directions, x, steps, _, weight, recurrence, bias, hidden, length, clip,
+    (attrs, layout, direction, directions, x, steps, input_size, weight, recurrence, bias, hidden, length, clip,
      activations, h0, label) = _setup(node, inputs, ctx, "LSTM")
     c0 = _initial_state(node, inputs[6] if len(inputs) > 6 else None, directions, hidden, layout, "initial_c", ctx)
     peepholes = _constant(node, inputs[7] if len(inputs) > 7 else None, "P", ctx)
@@ -304,7 +346,7 @@ def lstm(node, inputs, ctx: Context):
     for d in range(directions):
         f_act, g_act, h_act = activations[d]
         tag = f"{label}/{['fwd', 'bwd'][d] if directions == 2 else ('bwd' if direction == 'reverse' else 'fwd')}"
-        u = Unroller(ctx, x, steps, x.shape[2], tag)
+        u = Unroller(ctx, x, steps, input_size, tag)
         projected = u.project_inputs(weight[d], bias[d, :4 * hidden] + bias[d, 4 * hidden:])
         h, c = h0[d], c0[d]
         outputs: list[State] = [np.zeros(hidden)] * steps
@@ -332,19 +374,19 @@ def lstm(node, inputs, ctx: Context):
         per_step.append(outputs)
         final_h.append(h)
         final_c.append(c)
-    return _emit_outputs(node, ctx, per_step, [final_h, final_c], steps, hidden, layout, x)
+    return _emit_outputs(node, ctx, per_step, [final_h, final_c], steps, hidden, layout, _symbolic(inputs))
 
 
 @converter("GRU", since=1, attributes=COMMON + ("linear_before_reset", "output_sequence"))
 def gru(node, inputs, ctx: Context):
-    (attrs, layout, direction, directions, x, steps, _, weight, recurrence, bias, hidden, length, clip,
+    (attrs, layout, direction, directions, x, steps, input_size, weight, recurrence, bias, hidden, length, clip,
      activations, h0, label) = _setup(node, inputs, ctx, "GRU")
     before_reset = bool(attrs.get("linear_before_reset", 0))
     per_step, final_h = [], []
     for d in range(directions):
         f_act, g_act = activations[d]
         tag = f"{label}/{['fwd', 'bwd'][d] if directions == 2 else ('bwd' if direction == 'reverse' else 'fwd')}"
-        u = Unroller(ctx, x, steps, x.shape[2], tag)
+        u = Unroller(ctx, x, steps, input_size, tag)
         w_bias, r_bias = bias[d, :3 * hidden], bias[d, 3 * hidden:]
         # z and r take both biases; the candidate's recurrent bias sits where linear_before_reset says
         x_bias = w_bias + np.concatenate([r_bias[:2 * hidden], np.zeros(hidden)])
@@ -354,10 +396,10 @@ def gru(node, inputs, ctx: Context):
         outputs: list[State] = [np.zeros(hidden)] * steps
         for t in _order(direction, d, length):
             x_part = u.step_slice(projected, t, 3 * hidden, "x")
-            zr = u.recurrent(u.b.select(x_part, np.arange(2 * hidden), f"{tag}/t{t}/x_zr"), r_zr, h, t, "zr")
+            zr = u.recurrent(u.select(x_part, np.arange(2 * hidden), f"{tag}/t{t}/x_zr"), r_zr, h, t, "zr")
             z_pre = u.clip(u.gate(zr, 0, hidden, t, "update"), clip, t, "update")
             r = f_act.apply(ctx, u.clip(u.gate(zr, 1, hidden, t, "reset"), clip, t, "reset"), f"{tag}/t{t}/reset")
-            x_h = u.b.select(x_part, np.arange(2 * hidden, 3 * hidden), f"{tag}/t{t}/x_h")
+            x_h = u.select(x_part, np.arange(2 * hidden, 3 * hidden), f"{tag}/t{t}/x_h")
             if before_reset:
                 rec = _affine_state(u, h, r_h, r_bias[2 * hidden:], f"{tag}/t{t}/h_rec")
                 candidate_pre = u.add(x_h, u.product(r, rec, f"{tag}/t{t}/reset_rec"), f"{tag}/t{t}/candidate_sum")
@@ -372,7 +414,7 @@ def gru(node, inputs, ctx: Context):
             outputs[t] = h
         per_step.append(outputs)
         final_h.append(h)
-    return _emit_outputs(node, ctx, per_step, [final_h], steps, hidden, layout, x)
+    return _emit_outputs(node, ctx, per_step, [final_h], steps, hidden, layout, _symbolic(inputs))
 
 
 def _affine_state(u: Unroller, state: State, weight: np.ndarray, bias: np.ndarray, name: str) -> State:
@@ -383,13 +425,13 @@ def _affine_state(u: Unroller, state: State, weight: np.ndarray, bias: np.ndarra
 
 @converter("RNN", since=1, attributes=COMMON + ("output_sequence",))
 def rnn(node, inputs, ctx: Context):
-    (_, layout, direction, directions, x, steps, _, weight, recurrence, bias, hidden, length, clip,
+    (_, layout, direction, directions, x, steps, input_size, weight, recurrence, bias, hidden, length, clip,
      activations, h0, label) = _setup(node, inputs, ctx, "RNN")
     per_step, final_h = [], []
     for d in range(directions):
         (f_act,) = activations[d]
         tag = f"{label}/{['fwd', 'bwd'][d] if directions == 2 else ('bwd' if direction == 'reverse' else 'fwd')}"
-        u = Unroller(ctx, x, steps, x.shape[2], tag)
+        u = Unroller(ctx, x, steps, input_size, tag)
         projected = u.project_inputs(weight[d], bias[d, :hidden] + bias[d, hidden:])
         h = h0[d]
         outputs: list[State] = [np.zeros(hidden)] * steps
@@ -399,4 +441,4 @@ def rnn(node, inputs, ctx: Context):
             outputs[t] = h
         per_step.append(outputs)
         final_h.append(h)
-    return _emit_outputs(node, ctx, per_step, [final_h], steps, hidden, layout, x)
+    return _emit_outputs(node, ctx, per_step, [final_h], steps, hidden, layout, _symbolic(inputs))

@@ -168,3 +168,81 @@ def test_unsupported_cases_name_the_node(tmp_path):
     onnx.save(model, tmp_path / "b.onnx")
     with pytest.raises(UnsupportedOperator, match="RNN.*rnn_node"):
         parsers.load_onnx(tmp_path / "b.onnx")
+
+
+def _over_constant_sequence(model: onnx.ModelProto, x: np.ndarray, lengths: list[int] | None = None) -> onnx.ModelProto:
+    """The model with X made a constant initializer (its batch rows differ), and every output
+    replaced by its batch entry 0 plus a symbolic input Z [B, H]: the recurrent node reads only
+    constants and is folded at load."""
+    graph = model.graph
+    x_input = next(v for v in graph.input if v.name == "X")
+    graph.input.remove(x_input)
+    graph.initializer.append(numpy_helper.from_array(x, "X"))
+    if lengths is not None:
+        seq = next(t for t in graph.initializer if t.name == "seq")
+        seq.CopyFrom(numpy_helper.from_array(np.array(lengths, dtype=np.int32), "seq"))
+    graph.input.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, [B, H]))
+    graph.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "first"))
+    outputs = list(graph.output)
+    del graph.output[:]
+    for out in outputs:
+        for node in graph.node:
+            node.output[:] = [f"{o}_const" if o == out.name else o for o in node.output]
+        batch_axis = 2 if out.name == "Y" else 1
+        graph.node.append(helper.make_node("Gather", [f"{out.name}_const", "first"], [f"{out.name}_first"],
+                                           axis=batch_axis))
+        graph.node.append(helper.make_node("Add", [f"{out.name}_first", "Z"], [out.name]))
+        graph.output.append(out)
+    return model
+
+
+@pytest.mark.parametrize("op, attributes", [
+    ("LSTM", {"activations": ["Sigmoid", "Relu", "Relu"] * 2}), ("LSTM", {"clip": 0.5, "input_forget": 1}),
+    ("GRU", {"activations": ["Sigmoid", "Relu"] * 2, "clip": 0.7}), ("RNN", {"activations": ["Relu"] * 2, "clip": 0.9}),
+], ids=["lstm-relu", "lstm-clip-input_forget", "gru-relu-clip", "rnn-relu-clip"])
+def test_a_node_over_constants_honours_every_attribute(op, attributes, tmp_path):
+    """Folded by the converter itself, per batch entry: onnx's reference evaluator ignores clip,
+    activations, input_forget and sequence_lens, and its constant was certified as the model's."""
+    x = np.random.default_rng(2).uniform(-2, 2, (T, B, I)).astype(np.float32)
+    model, _ = make_model(op, direction="bidirectional", sequence_lens=3, outputs=("Y", "Y_h", "Y_c"), seed=12,
+                          **attributes)
+    model = _over_constant_sequence(model, x, lengths=[2, 4, 3])  # lengths may differ per batch entry here
+    path = tmp_path / "folded.onnx"
+    onnx.save(model, path)
+    graph = parsers.load_onnx(path)
+    assert not graph.cells and any("reads only constants" in note for note in graph.notes)
+    z = np.random.default_rng(3).uniform(-1, 1, (B, H)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"Z": z})
+    unattributed, _ = make_model(op, direction="bidirectional", sequence_lens=3, outputs=("Y", "Y_h", "Y_c"), seed=12)
+    reference = ReferenceEvaluator(_over_constant_sequence(unattributed, x, lengths=[2, 4, 3])).run(None, {"Z": z})
+    assert max(np.abs(e - r).max() for e, r in zip(expected, reference)) > 0.05  # the attributes matter
+    for e, g in zip(expected, verifier.evaluate(graph, {"Z": z})):
+        assert e.shape == g.shape and np.abs(e - g).max() <= 1e-5 * max(1.0, np.abs(e).max())
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_a_decoder_over_a_constant_sequence_is_certified_soundly(op, tmp_path):
+    """A seq2seq decoder: constant X (equal rows, sized for the export's batch), initial_h (and c)
+    computed from the model's input. Its states are symbolic from the first step on."""
+    model, extra = make_model(op, initial="input", outputs=("Y_h",), seed=13)
+    graph = model.graph
+    x_input = next(v for v in graph.input if v.name == "X")
+    graph.input.remove(x_input)
+    x = np.repeat(np.random.default_rng(4).uniform(-1, 1, (T, 1, I)), B, axis=1).astype(np.float32)
+    graph.initializer.append(numpy_helper.from_array(x, "X"))
+    path = tmp_path / "decoder.onnx"
+    onnx.save(model, path)
+    loaded = parsers.load_onnx(path)
+    expected = ort.InferenceSession(str(path)).run(None, extra)[0]
+    assert np.abs(verifier.evaluate(loaded, extra)[0] - expected).max() <= 1e-5
+    eps = 0.05
+    lower, upper = verifier.bound_outputs(loaded, extra, eps=eps, norm="inf", input_name="h0")
+    session = ort.InferenceSession(str(path))
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        feeds = dict(extra)
+        feeds["h0"] = (extra["h0"] + rng.choice([-eps, eps], extra["h0"].shape) * (rng.random() < 0.5 or
+                       rng.random(extra["h0"].shape))).astype(np.float32)
+        out = session.run(None, feeds)[0]
+        assert np.all(out >= lower - 1e-5) and np.all(out <= upper + 1e-5)
+    assert np.all(upper - lower > 0)
