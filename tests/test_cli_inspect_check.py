@@ -102,10 +102,20 @@ def test_check_with_a_fixed_shape_exports_own_shape(capsys):
 
 
 def test_check_tolerance_decides(capsys):
-    code, out, _ = run(capsys, "check", KERAS / "lstm.onnx", "--tol", "0", "--samples", "4", "--seed", "3")
+    code, out, _ = run(capsys, "check", KERAS / "lstm.onnx", "--tol", "0", "--rtol", "0", "--samples", "4", "--seed", "3")
     assert code == 1 and "check FAILED: output" in out  # float32 runtime vs float64 IR never agree exactly
-    code, out, err = run(capsys, "check", KERAS / "lstm.onnx", "--tol", "abc")
-    assert code == InputError.exit_code and "--tol" in err
+    for option in ("--tol", "--rtol"):
+        code, out, err = run(capsys, "check", KERAS / "lstm.onnx", option, "abc")
+        assert code == InputError.exit_code and option in err
+
+
+def test_relative_tolerance_accepts_float32_rounding_of_large_outputs():
+    from verifier.commands.check import within_tolerance
+    expected = np.array([42.348995, 1e-3])
+    assert within_tolerance(expected, expected + [1.8e-5, 0.0], 1e-5, 1e-6)  # 4e-7 relative
+    assert not within_tolerance(expected, expected + [1.8e-5, 0.0], 1e-5, 0.0)
+    assert not within_tolerance(expected, expected + [0.0, 2e-5], 1e-5, 1e-6)  # small values: tol decides
+    assert not within_tolerance(expected, expected[:1], 1.0, 1.0)
 
 
 def test_max_difference_counts_nan_and_shape_mismatches():
