@@ -207,7 +207,7 @@ def optimized_lower_bounds(propagator: Propagator, node: str, spec: Tensor, opti
             backward.push(node, spec.to(propagator.like))
             lower = backward.run(prefix)
         best = _best(best, lower)
-        if step == steps or optimizer is None:
+        if step == steps or optimizer is None or not lower.requires_grad:  # nothing relaxed reaches it
             break
         _ascend(optimizer, parameters, lower)
     return best
@@ -323,9 +323,9 @@ def jointly_optimized_lower_bounds(make_propagator: Callable[[], Propagator], no
             backward.push(node, spec.to(propagator.like))
             lower = backward.run(prefix)
         best = _best(best, lower)
-        if step == steps:
-            break
         parameters = tuner.parameters()
+        if step == steps or not parameters or not lower.requires_grad:  # no relaxation reaches the bound
+            break
         if optimizer is None:
             optimizer = _Adam(parameters, _rates(tuner.theta.values(), options))
         _ascend(optimizer, parameters, lower)

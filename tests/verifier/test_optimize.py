@@ -389,3 +389,17 @@ def test_per_bound_gives_a_neurons_lower_and_upper_rows_parameters_of_their_own(
         widths[paired] = {key: next(iter(group.values())).shape[1] for key, group in tuner.theta.items()}
     assert widths[True].keys() == widths[False].keys() and widths[True]
     assert all(widths[False][key] == 2 * width for key, width in widths[True].items())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_bound_no_relaxation_reaches_is_returned_as_crown_gives_it(mode, tmp_path):
+    """An RNN with the Affine activation is linear: nothing to optimise, so every mode returns
+    CROWN's (exact) bounds instead of failing on a gradient that does not exist."""
+    path = models.onnx_recurrent("RNN", tmp_path / "affine.onnx", seed=4, activations=["Affine"],
+                                 activation_alpha=[0.7], activation_beta=[0.1])
+    graph = parsers.load_onnx(path)
+    x = np.random.default_rng(0).uniform(-1, 1, (models.STEPS, 2, models.FEATURES)).astype(np.float32)
+    crown = bound_outputs(graph, x, eps=0.1, norm="inf", method="crown")
+    alpha = bound_outputs(graph, x, eps=0.1, norm="inf", method="alpha", optimize=OptimizeOptions(steps=3, intermediate=mode))
+    np.testing.assert_allclose(alpha, crown, rtol=0, atol=1e-12)
+    assert np.all(crown[1] - crown[0] > 0)
