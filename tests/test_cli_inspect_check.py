@@ -141,3 +141,14 @@ def test_a_foreign_parsers_package_is_named(tmp_path, monkeypatch, capsys):
     code = main(["inspect", str(model)])
     err = capsys.readouterr().err
     assert code == 5 and "not popqorn's front end" in err and err.count("\n") == 1
+
+
+def test_check_says_onnxruntime_cannot_run_layout_one(capsys, tmp_path):
+    """onnxruntime's recurrent kernels implement layout 0 only: say so, and that certify still works,
+    instead of quoting its C++ assertion."""
+    from tests.parsers.test_recurrent import make_model
+    model, _ = make_model("LSTM", layout=1, seed=1)
+    onnx.save(model, tmp_path / "layout1.onnx")
+    code, _, err = run(capsys, "check", tmp_path / "layout1.onnx", "--samples", "2")
+    assert code == 3 and "layout=1, which onnxruntime does not implement" in err and "certify" in err
+    assert "lstm_base" not in err

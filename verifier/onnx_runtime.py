@@ -40,7 +40,14 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            raise ModelFileError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "layout_ == 0" in first:  # its CPU kernels of LSTM/GRU/RNN implement layout 0 only
+                raise ModelFileError(
+                    f"onnxruntime cannot run {path}: a recurrent node has layout=1, which onnxruntime does not "
+                    "implement. popqorn converts it (certify without --attack, and bounds work), but this command runs "
+                    "the file in onnxruntime; to check, attack or answer VNN-LIB, export with layout 0 (batch on "
+                    "axis 1)") from None
+            raise ModelFileError(f"onnxruntime cannot load {path}: {first}") from None
         self.path = str(path)
         self.declared = {i.name: (i.type, list(i.shape)) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
