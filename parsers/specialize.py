@@ -155,7 +155,8 @@ class Specializer:
             first = np.take(array, [0], axis=item.batch_axis)
             if not np.array_equal(np.broadcast_to(first, array.shape), array):
                 raise InputError(f"input {name!r} is used as a constant{self._where(name)} and must be the same for "
-                                 f"every sample, but it differs along its batch axis {item.batch_axis}")
+                                 f"every sample in a batch, but it differs along its batch axis {item.batch_axis} (certify and "
+                                 "audit take such samples one at a time with --batch-size 1)")
             array = first
         return array
 

@@ -152,3 +152,29 @@ def test_check_says_onnxruntime_cannot_run_layout_one(capsys, tmp_path):
     code, _, err = run(capsys, "check", tmp_path / "layout1.onnx", "--samples", "2")
     assert code == 3 and "layout=1, which onnxruntime does not implement" in err and "certify" in err
     assert "lstm_base" not in err
+
+
+def test_check_feeds_an_integer_sequence_lens_input(capsys, tmp_path):
+    """sequence_lens as an int32 graph input: read as a constant from --input, fed to onnxruntime as
+    int32; random values cannot stand for it, and lengths differing between samples point to
+    --batch-size 1."""
+    rng = np.random.default_rng(0)
+    hidden, features, steps = 3, 2, 4
+    weights = [numpy_helper.from_array(rng.uniform(-1, 1, shape).astype(np.float32), name) for name, shape in
+               (("W", (1, 4 * hidden, features)), ("R", (1, 4 * hidden, hidden)))]
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R", "", "lens"], ["", "h"], hidden_size=hidden)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, "batch", features]),
+         helper.make_tensor_value_info("lens", TensorProto.INT32, ["batch"])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, "batch", hidden])], weights)
+    path = tmp_path / "lens.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    x = rng.uniform(-1, 1, (steps, 3, features)).astype(np.float32)
+    np.savez(tmp_path / "same.npz", x=x, lens=np.full(3, 2, dtype=np.int32))
+    code, out, err = run(capsys, "check", path, "--input", tmp_path / "same.npz")
+    assert code == 0 and "check passed" in out, err
+    code, _, err = run(capsys, "check", path)
+    assert code == InputError.exit_code and "'lens' is an integer input" in err and "--input" in err
+    np.savez(tmp_path / "mixed.npz", x=x, lens=np.array([2, 4, 3], dtype=np.int32))
+    code, _, err = run(capsys, "check", path, "--input", tmp_path / "mixed.npz")
+    assert code == InputError.exit_code and "--batch-size 1" in err

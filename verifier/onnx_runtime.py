@@ -15,6 +15,8 @@ from verifier.errors import InputError, ModelFileError
 
 # ONNX element types onnxruntime is fed with, for real-valued inputs
 INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+# integer inputs are never perturbed, but a model may read one as a constant (e.g. sequence_lens)
+INTEGER_DTYPES = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
 def to_model_layout(node: ir.Input, flat: np.ndarray) -> np.ndarray:
@@ -75,6 +77,11 @@ class OnnxModel:
                              f"real-valued inputs ({', '.join(INPUT_DTYPES)})")
         return INPUT_DTYPES[kind]
 
+    def feed_dtype(self, onnx_name: str) -> type:
+        """The numpy type a held (not perturbed) input is fed as: a real type, or an integer one."""
+        kind = self.declared.get(onnx_name, ("tensor(float)", []))[0]
+        return INTEGER_DTYPES[kind] if kind in INTEGER_DTYPES else self.input_dtype(onnx_name)
+
     def fixed_batch(self, graph: ir.Graph) -> int | None:
         """The batch size baked into the file (None when its batch axes are dynamic)."""
         sizes = set()
@@ -97,7 +104,7 @@ class OnnxModel:
         missing = [out.onnx_name for out in outputs if out.onnx_name not in self.output_names]
         if missing:
             raise ModelFileError(f"onnxruntime does not produce output(s) {missing}")
-        feeds = {name: np.asarray(value).astype(self.input_dtype(name)) for name, value in feeds.items()}
+        feeds = {name: np.asarray(value).astype(self.feed_dtype(name)) for name, value in feeds.items()}
         axes = {node.onnx_name: node.batch_axis for node in graph.inputs if node.onnx_name in feeds}
         batched = [name for name, axis in axes.items() if axis is not None]
         count = feeds[batched[0]].shape[axes[batched[0]]] if batched else 1

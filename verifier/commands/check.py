@@ -97,6 +97,13 @@ def _read_inputs(graph: ir.Graph, path: str) -> dict[str, np.ndarray]:
 def cast_within_range(array: np.ndarray, dtype, what: str) -> np.ndarray:
     """`array` as `dtype`; finite values beyond that type's range are refused (they would become
     inf, and the comparison would be about other inputs than the file's)."""
+    if np.issubdtype(dtype, np.integer):  # an input read as a constant, e.g. sequence_lens
+        info = np.iinfo(dtype)
+        if not (np.all(np.isfinite(array)) and np.all(array == np.round(array))
+                and np.all((array >= info.min) & (array <= info.max))):
+            raise InputError(f"{what} must hold whole numbers within the range of {np.dtype(dtype).name}, "
+                             "the file's type for it")
+        return array.astype(dtype)
     finite = np.abs(array[np.isfinite(array)])
     limit = float(np.finfo(dtype).max)
     if finite.size and float(finite.max()) > limit:
@@ -118,7 +125,12 @@ def run(args: argparse.Namespace) -> int:
     feeds = _read_inputs(graph, args.input) if args.input else random_feeds(graph, args.samples, args.seed)
     model = OnnxModel(args.model, threads=threads)
     # both sides see the values the file takes (e.g. rounded to float16 for a float16 input)
-    feeds = {name: cast_within_range(value, model.input_dtype(name), f"input {name!r}") for name, value in feeds.items()}
+    if not args.input:
+        for name in feeds:
+            if np.issubdtype(model.feed_dtype(name), np.integer):
+                raise InputError(f"input {name!r} is an integer input (e.g. sequence lengths), which random values "
+                                 "cannot stand for: give the samples with --input (an .npz holding it by name)")
+    feeds = {name: cast_within_range(value, model.feed_dtype(name), f"input {name!r}") for name, value in feeds.items()}
     got = verifier.evaluate(graph, {name: value.astype(np.float64) for name, value in feeds.items()})
     concrete, _ = graph.specialize(feeds)  # the loaded graph lists no outputs while dimensions are open
     expected = model.run(graph, feeds, list(concrete.outputs))
