@@ -37,6 +37,8 @@ PARAMETERS = {"sigmoid": (0, 0), "tanh": (0, 0), "relu": (0, 0), "softsign": (0,
 # LeakyRelu-6, Elu-6), which is also what onnxruntime uses. Where runtimes disagree, the parameters
 # must be given: ThresholdedRelu (operator default 1.0, onnxruntime's RNN default 0), and Affine and
 # ScaledTanh (no operators any more).
+ONNX_SPELLING = {name.lower(): name for name in ("Sigmoid", "Tanh", "Relu", "Softsign", "Softplus", "LeakyRelu",
+                                                  "ThresholdedRelu", "Elu", "HardSigmoid", "Affine", "ScaledTanh")}
 DEFAULTS = {"leakyrelu": (0.01, None), "elu": (1.0, None), "hardsigmoid": (0.2, 0.5)}
 # IR nodes one time step of one direction emits at most (checked against max_nodes before unrolling)
 NODES_PER_STEP = {"LSTM": 32, "GRU": 32, "RNN": 8}
@@ -97,7 +99,8 @@ def parse_activations(node, attrs: dict, op: str, directions: int, ctx: Context)
     for name in names:
         key = name.lower()
         if key not in PARAMETERS:
-            raise ctx.unsupported(node, f"activation {name!r} is not supported")
+            raise ctx.unsupported(node, f"activation {name!r} is not supported (supported: "
+                                        f"{', '.join(sorted(ONNX_SPELLING[k] for k in PARAMETERS))})")
         need_alpha, need_beta = PARAMETERS[key]
         default_alpha, default_beta = DEFAULTS.get(key, (None, None))
         if (need_alpha and not alphas and default_alpha is None) or (need_beta and not betas and default_beta is None):
@@ -290,7 +293,7 @@ def _setup(node, inputs, ctx: Context, op: str):
     layout = int(attrs.get("layout", 0))
     direction = attrs.get("direction", "forward")
     if direction not in ("forward", "reverse", "bidirectional"):
-        raise ctx.unsupported(node, f"direction {direction!r}")
+        raise ctx.unsupported(node, f"direction {direction!r} (the spec's values: forward, reverse, bidirectional)")
     directions = 2 if direction == "bidirectional" else 1
     x, steps, input_size = _sequence_input(node, inputs[0], layout, ctx)
     weight = _constant(node, inputs[1], "W", ctx)
