@@ -313,5 +313,7 @@ def test_a_radius_at_the_search_cap_is_marked(model, capsys):
     assert all(s["capped"] is True and s["radius"] >= 1e4 for s in samples)
     code, out, _ = run(capsys, "certify", path, "--input", folder / "huge.npy", "--norm", "inf", "--limit", "1")
     assert code == 0 and ">=" in out and "reached the search's cap" in out
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "huge.npy", "--limit", "1", "--per-frame")
+    assert code == 0 and f"{'>=10000 ' * models.STEPS}".strip() in out  # per-frame radii at the cap too
     code, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "inf", "--json", "--limit", "2")
     assert not any("capped" in s for s in json.loads(out)["samples"])

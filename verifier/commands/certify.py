@@ -228,7 +228,8 @@ def print_table(rows: list[dict], report: dict) -> None:
             attack = "-" if row["attack_radius"] is None else f"{row['attack_radius']:.5f}"
             line += f" {attack:>10}"
         if per_frame and "per_frame_radius" in row:
-            line += "  " + " ".join(f"{r:.4f}" for r in row["per_frame_radius"])
+            from verifier.certify import MAX_RADIUS
+            line += "  " + " ".join(f">={MAX_RADIUS:g}" if r >= MAX_RADIUS else f"{r:.4f}" for r in row["per_frame_radius"])
         print(line)
     s = report["summary"]
     fractions = ", ".join(f"{v:.0%} at eps={k}" for k, v in s["certified_fraction"].items())
