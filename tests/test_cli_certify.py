@@ -311,9 +311,26 @@ def test_a_radius_at_the_search_cap_is_marked(model, capsys):
     assert code == 0, err
     samples = json.loads(out)["samples"]
     assert all(s["capped"] is True and s["radius"] >= 1e4 for s in samples)
+    code, out, _ = run(capsys, "certify", path, "--input", folder / "huge.npy", "--norm", "inf", "--json",
+                       "--method", "alpha", "--optimize-steps", "3")
+    assert code == 0 and [s["radius"] for s in json.loads(out)["samples"]] == [s["radius"] for s in samples]
     code, out, _ = run(capsys, "certify", path, "--input", folder / "huge.npy", "--norm", "inf", "--limit", "1")
     assert code == 0 and ">=" in out and "reached the search's cap" in out
     code, out, _ = run(capsys, "certify", path, "--input", folder / "huge.npy", "--limit", "1", "--per-frame")
     assert code == 0 and f"{'>=10000 ' * models.STEPS}".strip() in out  # per-frame radii at the cap too
     code, out, _ = run(capsys, "certify", path, "--input", folder / "x.npy", "--norm", "inf", "--json", "--limit", "2")
     assert not any("capped" in s for s in json.loads(out)["samples"])
+
+
+def test_values_beyond_float32_are_flagged(model, capsys):
+    """At inputs of 3e38 the exact pre-activations leave float32's range: a float32 file computes inf
+    or NaN there, so the certificate (of the exact computation) says so."""
+    folder, path = model
+    x = np.full((1, models.STEPS, models.FEATURES), 3e38, np.float32)
+    x[0, ::2] *= -1
+    np.save(folder / "overflow.npy", x)
+    code, out, err = run(capsys, "certify", path, "--input", folder / "overflow.npy", "--json")
+    assert code == 0 and json.loads(out)["samples"][0]["beyond_float32"] > 3.4e38
+    assert "exceed float32's range" in err
+    code, out, err = run(capsys, "certify", path, "--input", folder / "x.npy", "--json", "--limit", "2")
+    assert not any("beyond_float32" in s for s in json.loads(out)["samples"]) and "float32" not in err

@@ -26,6 +26,7 @@ from verifier.optimize import OptimizeOptions, ascended_radii, jointly_optimized
 from verifier.propagation import Propagator
 from verifier.threat import Domain, ThreatModel
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 MAX_RADIUS = 1e4  # a radius this large means the margin does not depend on the input at all
 
 
@@ -223,7 +224,11 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     out = output_node(graph, output)
     relaxer = relaxer_for(options.method)
     with torch.inference_mode():
-        logits = forward.run(graph, {k: v.double() for k, v in batch.feeds().items()})[out.node]
+        values = forward.run(graph, {k: v.double() for k, v in batch.feeds().items()})
+        logits = values[out.node]
+        # where the exact values leave float32's range, a float32 file computes inf or NaN instead
+        largest = torch.stack([v.abs().reshape(v.shape[0], -1).amax(1) for v in values.values()
+                               if v.dim() and v.shape[0] == batch.size and v[0].numel()]).amax(0)
     num_classes = logits.shape[1]
     predicted = logits.argmax(1)
     label_t = predicted.clone() if labels is None else _check_labels(labels, batch.size, num_classes, batch)
@@ -262,6 +267,9 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
                 found = torch.maximum(found, ascended_radii(
                     lambda e, g=form: Propagator(g, ball_regions(active, e, threat, rows_mask[todo]), relaxer),
                     out.node, rows_spec[todo].to(dtype), start, options.optimize))
+            # a radius at the cap ended CROWN's search without a margin's zero: reported as CROWN's, so
+            # both methods say the same "capped" number (the ascent has no cap and ran to 1e6)
+            found = torch.where(start >= MAX_RADIUS, start, found)
         radii[todo] = found
     radii = radii.reshape(batch.size, variants).cpu().numpy()
     elapsed = (time.perf_counter() - started) / batch.size
@@ -271,7 +279,8 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
                          radius=float(radii[k, 0]), time_s=elapsed, misclassified=not bool(correct[k]),
                          target=target,
                          per_frame_radius=[float(r) for r in radii[k, 1:]] if per_frame else None,
-                         extra={"capped": True} if radii[k, 0] >= MAX_RADIUS else {})
+                         extra={**({"capped": True} if radii[k, 0] >= MAX_RADIUS else {}),
+                                **({"beyond_float32": float(largest[k])} if largest[k] > FLOAT32_MAX else {})})
             for k in range(batch.size)]
 
 

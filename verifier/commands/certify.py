@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"model": args.model, **options.describe_threat(threat), "method": args.method,
               "device": str(device), "dtype": args.dtype, "target": args.target, "labels": samples.labels_source,
               "summary": summarize(rows, at), "samples": rows}
+    _warn_beyond_float32(rows)
     if args.json == "-":
         print(json.dumps(report))
     else:
@@ -113,6 +114,15 @@ def run(args: argparse.Namespace) -> int:
         if args.json != "-":
             print(f"plot written to {args.plot}")
     return 0
+
+
+def _warn_beyond_float32(rows: list[dict]) -> None:
+    overflowing = [row for row in rows if "beyond_float32" in row]
+    if overflowing:
+        print(f"popqorn: warning: samples {[row['index'] for row in overflowing]}: the model's exact values at the "
+              f"sample exceed float32's range (up to {max(row['beyond_float32'] for row in overflowing):.3g}); a "
+              "float32 file computes inf or NaN there, so these certificates hold for the exact computation, not "
+              "for the file run in float32", file=sys.stderr)
 
 
 def _skip_target_labels(results: list[SampleResult], target: int | None) -> None:
