@@ -164,3 +164,34 @@ def clip(node, inputs, ctx):
     low = -np.inf if low is None else low
     high = np.inf if high is None else high
     return [apply_activation(ctx, inputs[0], ActivationFn(Act.CLIP, float(low), float(high)))]
+
+
+def _bound_by_constant(op: str, keep_above: bool):
+    """Max(x, c) = Clip(c, inf)(x) and Min(x, c) = Clip(-inf, c)(x) for one computed input and
+    constants of one value (what tf.keras writes for clip_by_value, e.g. its hard_sigmoid); the
+    canonical pass merges Max-then-Min into one Clip, relaxed as a whole."""
+    @converter(op, since=6)
+    def convert(node, inputs, ctx):
+        computed = [v for v in inputs if isinstance(v, Sym)]
+        constants = [np.asarray(v, dtype=np.float64) for v in inputs if v is not None and not isinstance(v, Sym)]
+        if len(computed) != 1:
+            raise Refusal(f"{op} of {len(computed)} computed inputs is not supported (one computed input and "
+                          "constants are: a clip)")
+        x = computed[0]
+        values = np.concatenate([c.reshape(-1) for c in constants]) if constants else np.zeros(0)
+        if values.size and (np.isnan(values).any() or np.any(values != values[0])):
+            raise Refusal(f"{op} with a constant that varies by element (or is NaN) is not supported; one value "
+                          "for all elements is (a clip)")
+        if np.broadcast_shapes(x.shape, *(c.shape for c in constants)) != tuple(x.shape):
+            raise Refusal(f"{op}'s constant broadcasts the computed input {x.shape} to a larger shape")
+        if not values.size:
+            return [x]
+        edge = float(values[0])
+        fn = ActivationFn(Act.CLIP, edge, np.inf) if keep_above else ActivationFn(Act.CLIP, -np.inf, edge)
+        return [apply_activation(ctx, x, fn)]
+    convert.__name__ = f"convert_{op.lower()}"
+    return convert
+
+
+_bound_by_constant("Max", keep_above=True)
+_bound_by_constant("Min", keep_above=False)

@@ -8,10 +8,11 @@ from onnx import helper
 
 import parsers
 from tests.parsers.ops.node_check import check_node, sample, save_node
+from verifier import ir
 from verifier.errors import UnsupportedOperator
 
 COVERED = {"Add", "Sub", "Mul", "Div", "Neg", "Sum", "Sigmoid", "Tanh", "Relu", "Softplus", "Softsign", "LeakyRelu",
-           "Elu", "ThresholdedRelu", "HardSigmoid", "Clip"}
+           "Elu", "ThresholdedRelu", "HardSigmoid", "Clip", "Max", "Min"}
 
 
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul"])
@@ -71,3 +72,40 @@ def test_clip(opset, bounds, tmp_path):
     while names[-1] == "":
         names.pop()
     check_node(tmp_path, helper.make_node("Clip", names, ["z"]), x, constants, opset=opset)
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+@pytest.mark.parametrize("opset, constant", [(8, np.float32(0.2)), (13, np.full((1, 5), -0.3, np.float32)),
+                                             (17, np.full((5,), 0.1, np.float32))])
+def test_max_and_min_against_one_constant_are_clips(op, opset, constant, tmp_path):
+    check_node(tmp_path, helper.make_node(op, ["x", "c"], ["z"]), {"x": sample(3, 5)}, {"c": constant}, opset=opset)
+    assert [n.fn.kind for n in parsers.load_onnx(tmp_path / f"{op}.onnx").nodes
+            if isinstance(n, ir.Activation)] == [ir.Act.CLIP]
+
+
+def test_tf_keras_clip_by_value_becomes_one_clip(tmp_path):
+    """tf.keras' hard_sigmoid: Min(Max(0.2 x + 0.5, 0), 1): one Clip(0, 1) after canonicalisation."""
+    nodes = (helper.make_node("Mul", ["x", "a"], ["ax"]), helper.make_node("Add", ["ax", "b"], ["y"]),
+             helper.make_node("Max", ["y", "zero"], ["low"]))
+    constants = {"a": np.float32(0.2), "b": np.float32(0.5), "zero": np.float32(0.0), "one": np.float32(1.0)}
+    check_node(tmp_path, helper.make_node("Min", ["low", "one"], ["z"]), {"x": sample(3, 5) * 8}, constants,
+               extra_nodes=nodes)
+    from verifier.canonical import canonicalize
+    clips = [n.fn for n in canonicalize(parsers.load_onnx(tmp_path / "Min.onnx")).nodes if isinstance(n, ir.Activation)]
+    assert clips == [ir.ActivationFn(ir.Act.CLIP, 0.0, 1.0)]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("two_inputs", "2 computed inputs"), ("varying", "varies by element"), ("broadcast", "larger shape")])
+def test_max_refusals_name_the_reason(case, message, tmp_path):
+    x = {"x": sample(3, 5)}
+    feeds, constants, names = x, {}, ["x", "c"]
+    if case == "two_inputs":
+        feeds, names = {**x, "y": sample(3, 5, seed=1)}, ["x", "y"]
+    elif case == "varying":
+        constants = {"c": np.linspace(-1, 1, 5).astype(np.float32)}
+    else:
+        constants = {"c": np.zeros((2, 1, 5), np.float32)}
+    save_node(tmp_path, helper.make_node("Max", names, ["z"]), feeds, constants)
+    with pytest.raises(UnsupportedOperator, match=f"Max.*{message}"):
+        parsers.load_onnx(tmp_path / "Max.onnx")
