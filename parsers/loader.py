@@ -132,7 +132,11 @@ class Conversion:
             value = ctx.lookup(source)
             if not isinstance(value, Sym):
                 raise ModelFileError(f"output {info.name!r} does not depend on any input")
-            outputs.append(ir.Output(info.name, value.node, value.shape, value.batch_axis, post, axis))
+            batch_axis = value.batch_axis
+            if batch_axis is None and any(item.batch_axis is not None and item.onnx_name not in constants
+                                          for item in declared):
+                batch_axis = _declared_batch_axis(info, value.shape)
+            outputs.append(ir.Output(info.name, value.node, value.shape, batch_axis, post, axis))
         return builder.build(outputs, cells=tuple(ctx.cells), notes=tuple(ctx.notes), opset=self.opset,
                              producer=self.producer)
 
@@ -187,3 +191,17 @@ def _trailing_softmax(graph: onnx.GraphProto) -> dict[str, tuple[onnx.NodeProto,
                 node.name = f"{node.op_type}_{k}"
             found[node.output[0]] = (node, kinds[node.op_type])
     return found
+
+
+def _declared_batch_axis(info: onnx.ValueInfoProto, shape: tuple[int, ...]) -> int | None:
+    """The batch axis of an output whose converters lost it, from the file's declaration: its only
+    dynamic dimension that is 1 for one sample. A Reshape(-1, F) merges batch and time (tf.keras
+    writes Dense on 3-D inputs and TimeDistributed so) and a later one splits them again; each
+    sample's IR is exact, only the output's layout was unknown. `check` runs the file batched, so a
+    model that mixes samples through the merged axis shows as a mismatch."""
+    tensor = info.type.tensor_type
+    dims = list(tensor.shape.dim) if tensor.HasField("shape") else []
+    if len(dims) != len(shape):
+        return None
+    candidates = [k for k, d in enumerate(dims) if not d.HasField("dim_value") and shape[k] == 1]
+    return candidates[0] if len(candidates) == 1 else None

@@ -211,3 +211,36 @@ def test_gru_with_a_dropout_node_is_certified_soundly(tmp_path):
     onnx.save(model, str(tmp_path / "gru_dropout.onnx"))
     x = np.random.default_rng(5).uniform(-1, 1, (2, 4, 3)).astype(np.float32)
     certified_and_sound(tmp_path / "gru_dropout.onnx", x)
+
+
+@pytest.mark.parametrize("batch_name", ["N", "unk__1"])
+def test_an_output_after_batch_and_time_were_merged_keeps_its_declared_batch_axis(batch_name, tmp_path):
+    """tf.keras writes Dense on a 3-D input as Reshape(-1, F) -> MatMul -> Reshape(-1, T*H): batch and
+    time merged, then split. Each sample's IR is exact; the output's batch axis comes from the file's
+    declaration (tf2onnx names it differently from the input's), so batches evaluate and bound row by row."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    import verifier
+    steps, features, hidden, classes = 5, 4, 2, 3
+    rng = np.random.default_rng(0)
+    constants = [numpy_helper.from_array(np.array([-1, features], np.int64), "merge"),
+                 numpy_helper.from_array(rng.normal(size=(features, hidden)).astype(np.float32), "w1"),
+                 numpy_helper.from_array(np.array([-1, steps * hidden], np.int64), "split"),
+                 numpy_helper.from_array(rng.normal(size=(steps * hidden, classes)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Reshape", ["x", "merge"], ["rows"]), helper.make_node("MatMul", ["rows", "w1"], ["m"]),
+             helper.make_node("Tanh", ["m"], ["a"]), helper.make_node("Reshape", ["a", "split"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "merged", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_name, classes])], constants)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "merged.onnx")
+    loaded = parsers.load_onnx(tmp_path / "merged.onnx")
+    x = rng.uniform(-1, 1, (3, steps, features)).astype(np.float32)
+    expected = ort.InferenceSession(str(tmp_path / "merged.onnx")).run(None, {"x": x})[0]
+    assert np.abs(verifier.evaluate(loaded, x)[0] - expected).max() <= 1e-5
+    lower, upper = verifier.bound_outputs(loaded, x, eps=0.3, norm=2, ball="sequence")
+    assert lower.shape == upper.shape == (3, classes)
+    for k in range(3):
+        alone = verifier.bound_outputs(loaded, x[k:k + 1], eps=0.3, norm=2, ball="sequence")
+        np.testing.assert_allclose(np.stack(alone)[:, 0], np.stack([lower[k], upper[k]]), rtol=1e-12, atol=1e-12)
