@@ -80,3 +80,13 @@ def test_console_entry_exits_fast_with_every_output_written(tmp_path):
                               str(tmp_path / "missing.onnx"), "--input", str(samples)],
                              capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode != 0 and refused.stderr.count("\n") == 1
+
+
+def test_a_reader_that_goes_away_is_not_an_internal_error():
+    """`popqorn bounds ... | head -1`: the closed pipe ends the command with 141 (as SIGPIPE would),
+    without an 'internal error' line."""
+    samples = MODEL.with_suffix(".samples.npz")
+    command = (f"{sys.executable} -c 'from verifier.cli import entry; entry()' bounds {MODEL} --input {samples} "
+               "--eps 0.01 --limit 40 | head -c 10; exit ${PIPESTATUS[0]}")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 141 and "internal error" not in done.stderr, done.stderr

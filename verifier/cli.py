@@ -38,7 +38,8 @@ EXIT_CODES = f"""exit codes:
   {UnsupportedOperator.exit_code}  the model uses an ONNX operator or attribute popqorn cannot convert
   {InputError.exit_code}  inputs, labels, output paths or threat-model options do not fit the model
  70  internal error (a bug: rerun with --debug and report it)
-130  interrupted"""
+130  interrupted
+141  the output's reader went away (e.g. piped into head)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("popqorn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`popqorn ... | head`): not a bug, nothing left to say
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush cannot fail
+        except (OSError, ValueError):
+            pass
+        return 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
     except Exception as exc:  # a bug: say so in one line unless debugging
         if args.debug:
             raise
