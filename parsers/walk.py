@@ -137,8 +137,9 @@ def _convert(ctx: Context, node: onnx.NodeProto, inputs: list) -> list:
             raise BatchLayoutError(node.op_type, ctx.opset, label,
                                    f"its result {value.shape} has "
                                    f"{value.shape[value.batch_axis] if value.batch_axis < value.rank else '?'} "
-                                   f"entries on the batch axis {value.batch_axis}: it mixes samples (the input's batch "
-                                   "axis may not be where popqorn assumed; give batch_axes=...)")
+                                   f"entries on the batch axis {value.batch_axis}: it mixes samples (or the input's batch "
+                                   "axis is not where popqorn assumed: the Python API's "
+                                   "parsers.load_onnx(path, batch_axes={input: axis}) sets it)")
     return outputs
 
 

@@ -58,9 +58,9 @@ def reduce_linear(node, inputs, ctx: Context, mean: bool, axes_as_input: bool) -
     axes = _normalised(written, x.rank)
     if x.batch_axis is not None and x.batch_axis in axes:
         raise BatchLayoutError(node.op_type, ctx.opset, node_label(node),
-                               f"it reduces over axes {axes}, which include the batch axis {x.batch_axis}: that "
-                               "mixes samples (the input's batch axis may not be where popqorn assumed; give "
-                               "batch_axes=...)")
+                               f"it reduces over axes {axes}, which include the batch axis {x.batch_axis} as popqorn "
+                               "tracks it: that mixes samples, unless an earlier Reshape put the batch on another "
+                               "size-1 axis, which popqorn cannot tell apart and will not guess")
     kept = [k for k in range(x.rank) if k not in axes]
     count = int(np.prod([x.shape[k] for k in axes], dtype=np.int64))
     if count == 0:
