@@ -93,7 +93,7 @@ def test_reducing_over_the_batch_axis_is_refused(op, opset, attributes, constant
     inputs = ["x", *constants]
     path = save_node(tmp_path, helper.make_node(op, inputs, ["y"], name="pool", **attributes), {"x": sample(2, 4, 3)},
                      constants, opset=opset)
-    with pytest.raises(UnsupportedOperator, match=f"{op} .*'pool'.*include the batch axis 0: that mixes samples"):
+    with pytest.raises(UnsupportedOperator, match=f"{op} .*'pool'.*include the batch axis 0 as popqorn tracks it: that mixes samples"):
         parsers.load_onnx(path)
 
 
