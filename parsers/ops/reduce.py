@@ -17,6 +17,7 @@ from parsers.context import Context, node_label
 from parsers.errors import BatchLayoutError, Refusal
 from parsers.registry import converter
 from parsers.values import Sym
+from verifier.ir import Act, ActivationFn
 
 
 def _axes(node, inputs, ctx: Context, axes_as_input: bool) -> tuple[list[int] | None, bool]:
@@ -47,8 +48,9 @@ def _normalised(axes: list[int], rank: int) -> list[int]:
     return sorted(out)
 
 
-def reduce_linear(node, inputs, ctx: Context, mean: bool, axes_as_input: bool) -> list:
-    """Sum (or mean) of `inputs[0]` over the node's axes, as a Select then one Affine."""
+def _grouped(node, inputs, ctx: Context, axes_as_input: bool):
+    """(x, element ids with the reduced axes last: each output element's group is a block of
+    `count` consecutive ids, count, output shape, output batch axis); None for a no-op."""
     x = inputs[0]
     written, noop = _axes(node, inputs, ctx, axes_as_input)
     if not written:
@@ -65,18 +67,47 @@ def reduce_linear(node, inputs, ctx: Context, mean: bool, axes_as_input: bool) -
     count = int(np.prod([x.shape[k] for k in axes], dtype=np.int64))
     if count == 0:
         raise Refusal("reducing over an empty axis")
-    ids = np.arange(x.size, dtype=np.int64).reshape(x.shape).transpose(kept + axes)
-    source = ctx.builder.select(x.node, ids.reshape(-1), f"{ctx.prefix}/reduced_last")
-    scale = 1.0 / count if mean else 1.0
-    row = np.full((1, count), scale) if count > 1 else np.ones(1)  # one element: the identity, skipped
-    out = ctx.builder.affine(source, row, None, f"{ctx.prefix}/{'mean' if mean else 'sum'}")
+    ids = np.arange(x.size, dtype=np.int64).reshape(x.shape).transpose(kept + axes).reshape(-1, count)
     if ctx.attrs(node).get("keepdims", 1):
         shape = tuple(1 if k in axes else d for k, d in enumerate(x.shape))
         batch = x.batch_axis
     else:
         shape = tuple(x.shape[k] for k in kept)
         batch = None if x.batch_axis is None else kept.index(x.batch_axis)
+    return x, ids, count, shape, batch
+
+
+def reduce_linear(node, inputs, ctx: Context, mean: bool, axes_as_input: bool) -> list:
+    """Sum (or mean) of `inputs[0]` over the node's axes, as a Select then one Affine."""
+    grouped = _grouped(node, inputs, ctx, axes_as_input)
+    if not isinstance(grouped, tuple):
+        return grouped
+    x, ids, count, shape, batch = grouped
+    source = ctx.builder.select(x.node, ids.reshape(-1), f"{ctx.prefix}/reduced_last")
+    scale = 1.0 / count if mean else 1.0
+    row = np.full((1, count), scale) if count > 1 else np.ones(1)  # one element: the identity, skipped
+    out = ctx.builder.affine(source, row, None, f"{ctx.prefix}/{'mean' if mean else 'sum'}")
     return [Sym(out, shape, batch)]
+
+
+def reduce_extreme(node, inputs, ctx: Context, largest: bool, axes_as_input: bool) -> list:
+    """Max (or min) over the node's axes, exactly, one group member at a time:
+    max(m, c) = m + relu(c - m) and min(m, c) = m - relu(m - c). The ReLUs are relaxed like any
+    other (Keras GlobalMaxPooling1D is a max over time)."""
+    grouped = _grouped(node, inputs, ctx, axes_as_input)
+    if not isinstance(grouped, tuple):
+        return grouped
+    x, ids, count, shape, batch = grouped
+    b, name = ctx.builder, f"{ctx.prefix}/{'max' if largest else 'min'}"
+    ones = np.ones(ids.shape[0])
+    best = b.select(x.node, ids[:, 0], f"{name}/0")
+    for j in range(1, count):
+        candidate = b.select(x.node, ids[:, j], f"{name}/{j}/candidate")
+        ahead, behind = (candidate, best) if largest else (best, candidate)
+        gap = b.add([ahead, b.affine(behind, -ones, None, f"{name}/{j}/negated")], f"{name}/{j}/gap")
+        step = b.activation(gap, ActivationFn(Act.RELU), f"{name}/{j}/step")
+        best = b.add([best, step if largest else b.affine(step, -ones, None, f"{name}/{j}/down")], f"{name}/{j}")
+    return [Sym(best, shape, batch)]
 
 
 @converter("ReduceSum", since=1, attributes=("axes", "keepdims"))
@@ -97,3 +128,23 @@ def reduce_mean(node, inputs, ctx):
 @converter("ReduceMean", since=18, attributes=("keepdims", "noop_with_empty_axes"))
 def reduce_mean_axes_input(node, inputs, ctx):
     return reduce_linear(node, inputs, ctx, mean=True, axes_as_input=True)
+
+
+@converter("ReduceMax", since=1, attributes=("axes", "keepdims"))
+def reduce_max(node, inputs, ctx):
+    return reduce_extreme(node, inputs, ctx, largest=True, axes_as_input=False)
+
+
+@converter("ReduceMax", since=18, attributes=("keepdims", "noop_with_empty_axes"))
+def reduce_max_axes_input(node, inputs, ctx):
+    return reduce_extreme(node, inputs, ctx, largest=True, axes_as_input=True)
+
+
+@converter("ReduceMin", since=1, attributes=("axes", "keepdims"))
+def reduce_min(node, inputs, ctx):
+    return reduce_extreme(node, inputs, ctx, largest=False, axes_as_input=False)
+
+
+@converter("ReduceMin", since=18, attributes=("keepdims", "noop_with_empty_axes"))
+def reduce_min_axes_input(node, inputs, ctx):
+    return reduce_extreme(node, inputs, ctx, largest=False, axes_as_input=True)

@@ -1,5 +1,6 @@
-"""parsers/ops/reduce.py: ReduceSum and ReduceMean against onnxruntime, their refusals, and a GRU with
-a mean-over-time head certified end to end (every sampled onnxruntime output inside the bounds)."""
+"""parsers/ops/reduce.py: ReduceSum, ReduceMean, ReduceMax and ReduceMin against onnxruntime, their
+refusals, and GRUs with a mean- and a max-over-time head certified end to end (every sampled
+onnxruntime output inside the bounds)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from verifier.cli import main
 from verifier.errors import InputError, UnsupportedOperator
 from verifier.threat import ThreatModel
 
-COVERED = {"ReduceSum", "ReduceMean"}
+COVERED = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"}
 SOUNDNESS_TOLERANCE = 2e-5  # onnxruntime computes in float32; the bounds are float64
 
 
@@ -48,7 +49,8 @@ def test_axes_as_attribute(op, opset, axes, keepdims, tmp_path):
         opset = 11  # ReduceSum takes its axes as an input from opset 13
     attributes = {"axes": axes} | ({} if keepdims is None else {"keepdims": keepdims})
     check_node(tmp_path, helper.make_node(op, ["x"], ["y"], **attributes), {"x": sample(2, 4, 3)}, opset=opset)
-    assert _is_linear(parsers.load_onnx(tmp_path / f"{op}.onnx"))
+    linear = _is_linear(parsers.load_onnx(tmp_path / f"{op}.onnx"))
+    assert linear == (op in ("ReduceSum", "ReduceMean"))  # max and min are ReLU chains
 
 
 @pytest.mark.parametrize("op, opset", [("ReduceMean", 18), ("ReduceSum", 13), ("ReduceSum", 17), ("ReduceSum", 18)])
@@ -205,4 +207,26 @@ def test_gru_with_mean_over_time_is_certified_soundly(opset, tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0 and "GRU" in capsys.readouterr().out
     assert main(["check", str(path), "--input-shape", "x=1,4,3"]) == 0
     x = np.random.default_rng(opset).uniform(-1, 1, (2, 4, 3)).astype(np.float32)
+    certified_and_sound(path, x)
+
+
+@pytest.mark.parametrize("op, opset", [("ReduceMax", 18), ("ReduceMin", 18), ("ReduceMax", 20)])
+@pytest.mark.parametrize("axes, keepdims", [([1], 0), ([-1], 1), ([1, 2], 0)])
+def test_max_and_min_with_axes_as_input(op, opset, axes, keepdims, tmp_path):
+    check_node(tmp_path, helper.make_node(op, ["x", "axes"], ["y"], keepdims=keepdims), {"x": sample(2, 4, 3)},
+               {"axes": ints(*axes)}, opset=opset)
+
+
+class GruMaxPool(GruMeanPool):
+    """Keras GlobalMaxPooling1D after a GRU: a max over time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.gru(x)
+        return self.head(y.amax(1))
+
+
+def test_gru_with_max_over_time_is_certified_soundly(tmp_path):
+    path = export(GruMaxPool(), tmp_path / "gru_max.onnx", 17)
+    assert main(["check", str(path), "--input-shape", "x=1,4,3"]) == 0
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 4, 3)).astype(np.float32)
     certified_and_sound(path, x)
