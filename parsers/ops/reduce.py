@@ -110,41 +110,18 @@ def reduce_extreme(node, inputs, ctx: Context, largest: bool, axes_as_input: boo
     return [Sym(best, shape, batch)]
 
 
-@converter("ReduceSum", since=1, attributes=("axes", "keepdims"))
-def reduce_sum(node, inputs, ctx):
-    return reduce_linear(node, inputs, ctx, mean=False, axes_as_input=False)
+def _register(op: str, reduce, axes_input_since: int, **how) -> None:
+    """`op` with its axes as an attribute, and as an optional second input from `axes_input_since`."""
+    @converter(op, since=1, attributes=("axes", "keepdims"))
+    def axes_attribute(node, inputs, ctx):
+        return reduce(node, inputs, ctx, axes_as_input=False, **how)
+
+    @converter(op, since=axes_input_since, attributes=("keepdims", "noop_with_empty_axes"))
+    def axes_input(node, inputs, ctx):
+        return reduce(node, inputs, ctx, axes_as_input=True, **how)
 
 
-@converter("ReduceSum", since=13, attributes=("keepdims", "noop_with_empty_axes"))
-def reduce_sum_axes_input(node, inputs, ctx):
-    return reduce_linear(node, inputs, ctx, mean=False, axes_as_input=True)
-
-
-@converter("ReduceMean", since=1, attributes=("axes", "keepdims"))
-def reduce_mean(node, inputs, ctx):
-    return reduce_linear(node, inputs, ctx, mean=True, axes_as_input=False)
-
-
-@converter("ReduceMean", since=18, attributes=("keepdims", "noop_with_empty_axes"))
-def reduce_mean_axes_input(node, inputs, ctx):
-    return reduce_linear(node, inputs, ctx, mean=True, axes_as_input=True)
-
-
-@converter("ReduceMax", since=1, attributes=("axes", "keepdims"))
-def reduce_max(node, inputs, ctx):
-    return reduce_extreme(node, inputs, ctx, largest=True, axes_as_input=False)
-
-
-@converter("ReduceMax", since=18, attributes=("keepdims", "noop_with_empty_axes"))
-def reduce_max_axes_input(node, inputs, ctx):
-    return reduce_extreme(node, inputs, ctx, largest=True, axes_as_input=True)
-
-
-@converter("ReduceMin", since=1, attributes=("axes", "keepdims"))
-def reduce_min(node, inputs, ctx):
-    return reduce_extreme(node, inputs, ctx, largest=False, axes_as_input=False)
-
-
-@converter("ReduceMin", since=18, attributes=("keepdims", "noop_with_empty_axes"))
-def reduce_min_axes_input(node, inputs, ctx):
-    return reduce_extreme(node, inputs, ctx, largest=False, axes_as_input=True)
+_register("ReduceSum", reduce_linear, 13, mean=False)
+_register("ReduceMean", reduce_linear, 18, mean=True)
+_register("ReduceMax", reduce_extreme, 18, largest=True)
+_register("ReduceMin", reduce_extreme, 18, largest=False)
