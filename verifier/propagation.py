@@ -13,7 +13,8 @@ intersected with its interval bounds. To keep the number of tensor operations (k
   * a pass with very many rows (an input projection over all T frames) runs in chunks of rows;
   * lower and upper bounds are one set of rows: the upper bound of a·v is minus the lower bound of
     (-a)·v, so every pull-back is done once, for "lower" rows only;
-  * contiguous Selects pass their coefficients as slices, assembled by one concatenation.
+  * contiguous Selects pass their coefficients as slices, assembled by one concatenation, or not
+    at all where they reach an input (a ball reads each frame's slice: regions.Slices).
 Bounds and relaxations live in dicts keyed by node name; the IR is never mutated.
 """
 
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from verifier import fused, ir
 from verifier.errors import InputError
-from verifier.regions import Region
+from verifier.regions import Region, Slices
 from verifier.relaxations import Relaxer
 from verifier.relaxations.base import Lines, Planes
 from verifier.rules import NONLINEAR, ROUTING, rule
@@ -194,43 +195,44 @@ class BackwardPass:
     def run(self, nodes: tuple[ir.Node, ...]) -> Tensor:
         """Walk `nodes` (a prefix of the graph, topological order) backward; returns (batch, rows)."""
         for node in reversed(nodes):
-            a = self._take(node.name)
+            # an input's region reads slices itself (regions.Slices); other nodes get one tensor
+            a = self._take(node.name, as_slices=isinstance(node, ir.Input))
             if a is not None:
                 rule(node).pull_back(node, a, self)
         return torch.stack(self.constants).sum(0)
 
-    def _take(self, name: str) -> Tensor | None:
+    def _take(self, name: str, as_slices: bool = False) -> Tensor | Slices | None:
         held = self.coefficients.pop(name, None)
         pieces = self.pieces.pop(name, None)
         if pieces:
-            assembled = _assemble(pieces, self.sizes[name])
+            merged = _merge(pieces)
+            if _overlapping(merged):
+                assembled = _accumulate(merged, self.sizes[name])
+            elif as_slices and held is None:
+                return Slices(tuple(merged), self.sizes[name])
+            else:
+                assembled = Slices(tuple(merged), self.sizes[name]).dense()
             held = assembled if held is None else held + assembled
         return held
 
 
-def _assemble(pieces: list[tuple[int, Tensor]], size: int) -> Tensor:
-    """Coefficients given as slices [start, start + width) -> one (batch, rows, size) tensor."""
-    pieces = sorted(pieces, key=lambda p: p[0])
+def _merge(pieces: list[tuple[int, Tensor]]) -> list[tuple[int, Tensor]]:
+    """Slices sorted by start, equal slices from several consumers added first."""
     merged: list[tuple[int, Tensor]] = []
-    for start, a in pieces:  # equal slices from several consumers are added first
+    for start, a in sorted(pieces, key=lambda p: p[0]):
         if merged and merged[-1][0] == start and merged[-1][1].shape[-1] == a.shape[-1]:
             merged[-1] = (start, merged[-1][1] + a)
         else:
             merged.append((start, a))
-    parts, position = [], 0
-    for start, a in merged:
-        if start < position:  # overlapping slices: accumulate into a dense tensor instead
-            return _accumulate(merged, size)
-        if start > position:
-            parts.append(a.new_zeros((*a.shape[:2], start - position)))
-        parts.append(a)
-        position = start + a.shape[-1]
-    if position < size:
-        parts.append(parts[-1].new_zeros((*parts[-1].shape[:2], size - position)))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    return merged
+
+
+def _overlapping(pieces: list[tuple[int, Tensor]]) -> bool:
+    return any(start < before + a.shape[-1] for (before, a), (start, _) in zip(pieces, pieces[1:]))
 
 
 def _accumulate(pieces: list[tuple[int, Tensor]], size: int) -> Tensor:
+    """Overlapping slices added into one dense tensor."""
     first = pieces[0][1]
     total = first.new_zeros((*first.shape[:2], size))
     for start, a in pieces:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,18 +34,51 @@ from verifier.threat import Ball, ThreatModel, dual_norm
 Dot = Callable[[Tensor, Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class Slices:
+    """Coefficients A (batch, m, size) given as non-overlapping column slices (start, A[..., start:
+    start + width]), zero elsewhere: what a sequence's per-frame Selects pull back to the input.
+
+    Why not one tensor: assembling it is a concatenation as large as the whole input in every
+    backward pass, and a ball only needs each frame's norm and centre term, which the slices give
+    directly (a vanilla RNN's l_inf certification spent a third of its time assembling and reducing
+    the dense form)."""
+
+    parts: tuple[tuple[int, Tensor], ...]  # sorted by start
+    size: int
+
+    def dense(self) -> Tensor:
+        pieces, position = [], 0
+        first = self.parts[0][1]
+        for start, a in self.parts:
+            if start > position:
+                pieces.append(first.new_zeros((*a.shape[:2], start - position)))
+            pieces.append(a)
+            position = start + a.shape[-1]
+        if position < self.size:
+            pieces.append(first.new_zeros((*first.shape[:2], self.size - position)))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+
+
+Coefficients = Tensor | Slices
+
+
+def dense(coefficients: Coefficients) -> Tensor:
+    return coefficients.dense() if isinstance(coefficients, Slices) else coefficients
+
+
 class Region:
     """The perturbation set of one input for a batch of samples, as the engine consumes it.
 
     Subclasses give element bounds and the minimum of linear functions A·x over the set, for
-    coefficients A of shape (batch, m, size)."""
+    coefficients A of shape (batch, m, size), dense or as Slices."""
 
     center: Tensor  # (batch, size)
 
     def element_bounds(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def minimize(self, coefficients: Tensor, dot: Dot | None = None) -> Tensor:
+    def minimize(self, coefficients: Coefficients, dot: Dot | None = None) -> Tensor:
         """min over the set of coefficients·x, shape (batch, m). `dot` computes the centre terms
         sum_n a[b, m, n] v[b, n] (the backward pass's kernel: fused on a GPU, see verifier.fused)."""
         raise NotImplementedError
@@ -94,24 +128,55 @@ class BallRegion(Region):
             lower, upper = torch.maximum(lower, self.center + self.room[0]), torch.minimum(upper, self.center + self.room[1])
         return lower, upper
 
-    def minimize(self, coefficients: Tensor, dot: Dot | None = None) -> Tensor:
-        value = (dot or _dot)(coefficients, self.center)
+    def minimize(self, coefficients: Coefficients, dot: Dot | None = None) -> Tensor:
+        dot = dot or _dot
+        if self.room is None and isinstance(coefficients, Slices) and self._frame_aligned(coefficients):
+            # contiguous centre slices: the same strides as a whole centre for a compiled `dot`
+            value = sum(dot(a, self.center[:, start:start + a.shape[-1]].contiguous()) for start, a in coefficients.parts)
+            return value - self.eps[:, None] * self._spread(self._slice_frame_norms(coefficients))
+        coefficients = dense(coefficients)
+        value = dot(coefficients, self.center)
         if self.contiguous:
             grouped = coefficients.reshape(*coefficients.shape[:2], *self.groups.shape)
         else:
             grouped = coefficients[:, :, self.groups]  # (batch, m, frames, per_frame)
+        if self.room is None:
+            return value - self.eps[:, None] * self._spread(_frame_norms(grouped, dual_norm(self.norm)))
         if not self.all_frames:
             grouped = grouped * self.frame_mask[:, None, :, None].to(coefficients)
-        if self.room is None:
-            q = dual_norm(self.norm)
-            by_frame = torch.linalg.vector_norm(grouped, ord=q, dim=3).sum(dim=2)
-            if self.all_per_frame:
-                spread = by_frame
-            else:
-                jointly = torch.linalg.vector_norm(grouped.flatten(2), ord=q, dim=2)
-                spread = torch.where(self.per_frame_rows[:, None], by_frame, jointly)
-            return value - self.eps[:, None] * spread
         return value - self._domain_gain(grouped)
+
+    def _spread(self, norms: Tensor) -> Tensor:
+        """max over the ball (radius 1) of -A·delta from the dual norms of A's frames (batch, m,
+        frames): their sum for per-frame balls, their joint norm for a sequence ball."""
+        if not self.all_frames:
+            norms = norms * self.frame_mask[:, None, :].to(norms)
+        by_frame = norms.sum(dim=2)
+        if self.all_per_frame:
+            return by_frame
+        q = dual_norm(self.norm)  # p = inf rows are per-frame: here q is 2 (l2) or inf (l1)
+        jointly = norms.amax(dim=2) if math.isinf(q) else torch.linalg.vector_norm(norms, ord=2, dim=2)
+        return torch.where(self.per_frame_rows[:, None], by_frame, jointly)
+
+    def _frame_aligned(self, slices: Slices) -> bool:
+        per_frame = self.groups.shape[1]
+        return self.contiguous and all(start % per_frame == 0 and a.shape[-1] % per_frame == 0
+                                       for start, a in slices.parts)
+
+    def _slice_frame_norms(self, slices: Slices) -> Tensor:
+        """(batch, m, frames) dual norms of each frame's coefficients, frames no slice covers 0."""
+        frames, per_frame = self.groups.shape
+        q = dual_norm(self.norm)
+        pieces, frame = [], 0
+        first = slices.parts[0][1]
+        for start, a in slices.parts:
+            if start // per_frame > frame:
+                pieces.append(first.new_zeros((*a.shape[:2], start // per_frame - frame)))
+            pieces.append(_frame_norms(a.reshape(*a.shape[:2], -1, per_frame), q))
+            frame = (start + a.shape[-1]) // per_frame
+        if frame < frames:
+            pieces.append(first.new_zeros((*first.shape[:2], frames - frame)))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
     def _domain_gain(self, grouped: Tensor) -> Tensor:
         """max over delta in ball ∩ domain of -A·delta, (batch, m)."""
@@ -123,6 +188,16 @@ class BallRegion(Region):
             return by_frame
         jointly = _max_weighted_sum(weight.flatten(2), room.flatten(2), self.eps[:, None], self.norm)
         return torch.where(self.per_frame_rows[:, None], by_frame, jointly)
+
+
+def _frame_norms(grouped: Tensor, q: float) -> Tensor:
+    """q-norms over the last dimension. Not torch.linalg.vector_norm for q = 1 or inf: on a CPU it
+    ran ~15x slower than the abs-and-reduce it stands for."""
+    if q == 1.0:
+        return grouped.abs().sum(-1)
+    if math.isinf(q):
+        return grouped.abs().amax(-1)
+    return torch.linalg.vector_norm(grouped, ord=q, dim=-1)
 
 
 def _domain_room(node: ir.Input, center: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
@@ -190,7 +265,8 @@ class BoxRegion(Region):
     def element_bounds(self) -> tuple[Tensor, Tensor]:
         return self.lower, self.upper
 
-    def minimize(self, coefficients: Tensor, dot: Dot | None = None) -> Tensor:
+    def minimize(self, coefficients: Coefficients, dot: Dot | None = None) -> Tensor:
+        coefficients = dense(coefficients)
         radius = (self.upper - self.lower) / 2
         dot = dot or _dot
         return dot(coefficients, self.center) - dot(coefficients.abs(), radius)
@@ -205,8 +281,8 @@ class PointRegion(Region):
     def element_bounds(self) -> tuple[Tensor, Tensor]:
         return self.center, self.center
 
-    def minimize(self, coefficients: Tensor, dot: Dot | None = None) -> Tensor:
-        return (dot or _dot)(coefficients, self.center)
+    def minimize(self, coefficients: Coefficients, dot: Dot | None = None) -> Tensor:
+        return (dot or _dot)(dense(coefficients), self.center)
 
 
 def _dot(coefficients: Tensor, vector: Tensor) -> Tensor:
