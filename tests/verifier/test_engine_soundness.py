@@ -106,3 +106,47 @@ def test_zero_radius_bounds_are_the_exact_output(model_files):
     exact = ort.InferenceSession(str(model_files["loop_lstm"])).run(None, {"x": x})[0]
     assert np.allclose(lower, exact, atol=1e-5) and np.allclose(upper, exact, atol=1e-5)
     assert (upper - lower).max() < 1e-6
+
+
+def _window_model(path, windows: list[tuple[int, int]], seed: int = 0):
+    """x [N, 4, 3] -> tanh(sum_k flatten(x[:, a_k:b_k]) @ W_k) @ V: the input read through
+    contiguous windows of frames, overlapping or with gaps (frame 3 unread in one case)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, terms = [], [], []
+    for k, (start, stop) in enumerate(windows):
+        inits += [numpy_helper.from_array(np.array([start], np.int64), f"s{k}"),
+                  numpy_helper.from_array(np.array([stop], np.int64), f"e{k}"),
+                  numpy_helper.from_array(rng.normal(size=(3 * (stop - start), 5)).astype(np.float32), f"w{k}")]
+        nodes += [helper.make_node("Slice", ["x", f"s{k}", f"e{k}", "axis"], [f"win{k}"]),
+                  helper.make_node("Flatten", [f"win{k}"], [f"flat{k}"], axis=1),
+                  helper.make_node("MatMul", [f"flat{k}", f"w{k}"], [f"term{k}"])]
+        terms.append(f"term{k}")
+    inits += [numpy_helper.from_array(np.array([1], np.int64), "axis"),
+              numpy_helper.from_array(rng.normal(size=(5, 2)).astype(np.float32), "v")]
+    nodes += [helper.make_node("Sum", terms, ["pre"]), helper.make_node("Tanh", ["pre"], ["h"]),
+              helper.make_node("MatMul", ["h", "v"], ["y"])]
+    graph = helper.make_graph(nodes, "windows", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("windows", [[(0, 3), (1, 4)], [(0, 1), (2, 3)], [(0, 2), (0, 2), (2, 4)]],
+                         ids=["overlapping", "gaps", "shared_and_adjacent"])
+@pytest.mark.parametrize("norm", [1.0, 2.0, math.inf])
+def test_windows_of_the_input_are_bounded_soundly(tmp_path, windows, norm):
+    """A backward pass reaches the input as slices: overlapping ones are added into one tensor,
+    disjoint ones are read slice by slice by the ball (regions.Slices). Both must stay sound, and
+    bounds at radius 0 must be the exact output."""
+    path = _window_model(tmp_path / "windows.onnx", windows)
+    for ball in ("frame", "sequence"):
+        worst, width = _check(path, ThreatModel(norm, ball), "crown", 0.3, count=800)
+        assert worst <= TOLERANCE and width > 0.01, (ball, worst, width)
+    graph = parsers.load_onnx(path)
+    x = np.random.default_rng(1).uniform(-1, 1, size=(2, 4, 3)).astype(np.float32)
+    lower, upper = bound_outputs(graph, x, 0.0, norm, "frame", method="crown", dtype=torch.float64)
+    exact = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(lower - exact).max() < 1e-5 and np.abs(upper - exact).max() < 1e-5

@@ -15,7 +15,7 @@ import torch
 from tests.verifier.sampling import random_deltas
 from verifier import ir
 from verifier.errors import InputError
-from verifier.regions import BallRegion, _max_weighted_sum, project
+from verifier.regions import BallRegion, BoxRegion, PointRegion, Slices, _max_weighted_sum, project
 from verifier.threat import Domain, ThreatModel
 
 NODE = ir.Input("x", (1, 3, 4), 0, 1, "x")  # [batch, T=3, F=4]
@@ -138,6 +138,32 @@ def test_equal_sets_give_bit_identical_bounds():
             one_frame = BallRegion(NODE, center, eps, ThreatModel(p, "frame", (1,), domain)).minimize(coefficients)
             one_seq = BallRegion(NODE, center, eps, ThreatModel(p, "sequence", (1,), domain)).minimize(coefficients)
             assert torch.equal(one_frame, one_seq)  # one perturbed frame: the same set
+
+
+@pytest.mark.parametrize("node", [NODE, NODE_INTERLEAVED])
+@pytest.mark.parametrize("threat", _threats(None) + _threats((0.0, 1.0)), ids=str)
+def test_slices_give_the_dense_minimum(node, threat):
+    """Coefficients as per-frame slices (how a backward pass reaches a sequence input) or as one
+    tensor: the same minimum, to rounding, whether or not the slices are frame-aligned."""
+    rng = np.random.default_rng(7)
+    center = torch.as_tensor(rng.uniform(0, 1, size=(3, node.size)))
+    eps = torch.tensor([0.3, 0.0, 0.05], dtype=torch.float64)
+    region = BallRegion(node, center, eps, threat)
+    row = lambda width: torch.as_tensor(rng.normal(size=(3, 2, width)))
+    for parts in [((0, row(4)), (8, row(4))),  # frames 0 and 2, frame 1 left out
+                  ((4, row(8)),),  # frames 1-2 in one slice
+                  ((0, row(12)),),  # the whole input
+                  ((1, row(2)), (6, row(5)))]:  # not on frame boundaries
+        slices = Slices(parts, node.size)
+        dense = slices.dense()
+        assert dense.shape == (3, 2, node.size)
+        for start, a in parts:
+            assert torch.equal(dense[..., start:start + a.shape[-1]], a)
+        assert float(dense.abs().sum()) == pytest.approx(sum(float(a.abs().sum()) for _, a in parts))
+        assert torch.allclose(region.minimize(slices), region.minimize(dense), rtol=1e-13, atol=1e-13)
+    box = BoxRegion(center - 0.1, center + 0.2)
+    assert torch.allclose(box.minimize(slices), box.minimize(dense), rtol=1e-13, atol=1e-13)
+    assert torch.allclose(PointRegion(center).minimize(slices), PointRegion(center).minimize(dense))
 
 
 def test_domain_values_and_errors():
