@@ -19,9 +19,13 @@ class Refusal(Exception):
 class ConverterBug(RuntimeError):
     """A converter failed in a way no model should cause: a bug in popqorn, not in the model."""
 
-    def __init__(self, op_type: str, node_name: str, cause: BaseException) -> None:
+    def __init__(self, op_type: str, node_name: str, cause: BaseException | str) -> None:
         self.op_type, self.node_name = op_type, node_name
-        super().__init__(f"converter for {op_type} failed at node {node_name!r}: {type(cause).__name__}: {cause}")
+        self.cause = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"converter for {op_type} failed at node {node_name!r}: {self.cause}")
+
+    def __reduce__(self):  # picklable (worker processes send errors back): the cause as text
+        return type(self), (self.op_type, self.node_name, self.cause)
 
 
 class BatchLayoutError(UnsupportedOperator):
@@ -35,3 +39,6 @@ class ConstantRequired(Exception):
     def __init__(self, input_name: str, op_type: str, node_name: str, what: str) -> None:
         self.input_name, self.op_type, self.node_name, self.what = input_name, op_type, node_name, what
         super().__init__(f"{op_type} node {node_name!r} needs {what} (graph input {input_name!r}) as a constant")
+
+    def __reduce__(self):
+        return type(self), (self.input_name, self.op_type, self.node_name, self.what)

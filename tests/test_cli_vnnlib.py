@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from parsers.errors import BatchLayoutError, ConstantRequired, ConverterBug
 from verifier.cli import main
-from verifier.errors import InputError
+from verifier.errors import InputError, ModelFileError, UnsupportedOperator
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models_onnx" / "digits_lstm_t8_h16.onnx"
@@ -48,6 +52,40 @@ def test_result_file_and_prepare(tmp_path, capsys):
     assert code == InputError.exit_code and "64 elements" in capsys.readouterr().err
     code = main(["vnnlib", str(MODEL), str(unfit), "--out", str(tmp_path / "missing" / "r.txt")])
     assert code == InputError.exit_code and "does not exist" in capsys.readouterr().err
+
+
+def test_a_refusal_in_the_worker_keeps_its_class_and_message(tmp_path, capsys):
+    """The model is read in a worker process; its refusal (here an unsupported op) must reach the
+    user as in any other command: exit 4, op and node named, not an internal error."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Erf", ["x"], ["e"], name="the_erf"),
+                               helper.make_node("MatMul", ["e", "w"], ["y"])], "erf",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight])
+    model = tmp_path / "erf.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text("".join(f"(declare-const X_{k} Real)\n" for k in range(4))
+                    + "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+                    + "".join(f"(assert (<= X_{k} 1.0))\n(assert (>= X_{k} 0.0))\n" for k in range(4))
+                    + "(assert (>= Y_1 Y_0))\n")
+    code = main(["vnnlib", str(model), str(prop), "--timeout", "60"])
+    err = capsys.readouterr().err
+    assert code == UnsupportedOperator.exit_code, err
+    assert "unsupported operator Erf" in err and "the_erf" in err and "internal error" not in err
+
+
+def test_errors_survive_pickling():
+    """Worker processes (vnnlib, audit) send errors and parsed graphs back by pickling."""
+    cases = [UnsupportedOperator("Erf", 17, "n", "why"), BatchLayoutError("Reshape", 13, "r"),
+             ConverterBug("Gemm", "g", ValueError("bad")), ConstantRequired("w", "LSTM", "l", "its weights"),
+             InputError("x"), ModelFileError("y")]
+    for error in cases:
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error) and again.__dict__ == error.__dict__
 
 
 def test_instance_list(tmp_path, capsys):

@@ -19,9 +19,13 @@ class UnsupportedOperator(PopqornError):
     exit_code = 4
 
     def __init__(self, op_type: str, opset: int, node_name: str, reason: str = "") -> None:
-        self.op_type, self.opset, self.node_name = op_type, opset, node_name
+        self.op_type, self.opset, self.node_name, self.reason = op_type, opset, node_name, reason
         where = f"unsupported operator {op_type} (opset {opset}) at node {node_name!r}"
         super().__init__(f"{where}: {reason}" if reason else where)
+
+    def __reduce__(self):
+        # pickled with the constructor's arguments: worker processes (vnnlib, audit) send it back
+        return type(self), (self.op_type, self.opset, self.node_name, self.reason)
 
 
 class InputError(PopqornError):

@@ -105,7 +105,7 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
                         help="--method alpha: intermediate bounds optimised with one relaxation per node (shared, "
                              "default), per row of every pass (per-row, ~5x slower), per row with separate "
                              "parameters for each neuron's lower and upper bound (per-bound: alpha-CROWN's full "
-                             "scheme, tightest, ~1.2-2x per-row's time) or not at all (none: final pass only, fastest)")
+                             "scheme, tightest, ~1.2-1.4x per-row's time) or not at all (none: final pass only, fastest)")
     parser.add_argument("--optimize-mix-ratio", type=float, metavar="R",
                         help="--method alpha: Adam's step for the McCormick plane mixes over its step for the line "
                              "slopes (default 10, measured best on the digits LSTM; 5 did better on one GRU sample)")

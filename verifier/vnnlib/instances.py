@@ -130,7 +130,9 @@ def raise_reply_error(reply: dict) -> None:
         return
     cls = getattr(errors, reply.get("error_class") or "", None)
     if isinstance(cls, type) and issubclass(cls, PopqornError):
-        raise cls(reply["error"])
+        error = cls.__new__(cls)  # the worker's message as is: not rebuilt from the constructor's fields
+        Exception.__init__(error, reply["error"])
+        raise error
     raise RuntimeError(reply.get("error", "worker error"))
 
 
