@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +220,27 @@ def test_resume_refuses_changed_samples(model, capsys, tmp_path):
     np.savez(tmp_path / "given.npz", x=x, y=np.zeros(len(x), dtype=np.int64))
     code, _, err = run(capsys, "certify", path, "--input", tmp_path / "given.npz", "--resume", log)
     assert code == InputError.exit_code and "different options" in err  # labels given now, predicted before
+
+
+def test_resume_refuses_another_model_under_the_same_name(model, capsys, tmp_path):
+    """A journal records the model file's sha256: a model retrained (or swapped) in place must not
+    inherit the old model's radii (found by a hostile-input sweep: they were reprinted as
+    certified, one for a sample the new model misclassifies)."""
+    folder, path = model
+    log = tmp_path / "resume.jsonl"
+    swapped = tmp_path / "model.onnx"
+    swapped.write_bytes(Path(path).read_bytes())
+    code, _, _ = run(capsys, "certify", swapped, "--input", folder / "x.npy", "--limit", "2", "--resume", log)
+    assert code == 0 and '"model_sha256"' in log.read_text()
+    models.export_torch(models.CellLoop("gru"), swapped, seed=3)  # other weights, same file name
+    code, _, err = run(capsys, "certify", swapped, "--input", folder / "x.npy", "--limit", "2", "--resume", log)
+    assert code == InputError.exit_code and "different options" in err and "model_sha256" in err
+    code, _, err = run(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "1", "--method", "alpha",
+                       "--optimize-steps", "2", "--resume", tmp_path / "alpha.jsonl")
+    assert code == 0
+    code, _, err = run(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "1", "--method", "alpha",
+                       "--optimize-steps", "3", "--resume", tmp_path / "alpha.jsonl")
+    assert code == InputError.exit_code and "'steps': 2" in err  # other optimisation settings
 
 
 def test_threads_flag(model, capsys):

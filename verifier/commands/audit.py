@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
               "samples_total": whole.count, "labels": whole.labels_source,
               **options.describe_threat(threat), "method": args.method, "target": args.target,
               "per_frame": args.per_frame, "tol": tol, "dtype": args.dtype, "output": str(args.output),
-              "input_name": args.input_name}
+              "input_name": args.input_name, **options.describe_optimize(args)}
     journal = Journal.open(args.out, config, extra_header={"input": args.input})
     if journal.dropped_torn_line:
         print(f"popqorn: warning: {args.out} ended in an incomplete line (an interrupted write); "

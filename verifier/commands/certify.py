@@ -70,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
     config = {"model": os.path.basename(args.model), **options.describe_threat(threat), "method": args.method,
               "target": args.target, "per_frame": args.per_frame, "tol": tol, "labels": samples.labels_source,
               "dtype": args.dtype, "output": str(args.output), "input_name": args.input_name}
+    if args.resume:  # the file's content, not its name: a model retrained in place is another model
+        from verifier.distributed.journal import sha256_file
+
+        config["model_sha256"] = sha256_file(args.model)
+        config.update(options.describe_optimize(args))
     selected = {samples.first_index + k: k for k in range(samples.count)}
     done = _read_resume(args.resume, config, samples, selected)
     search = SearchOptions(method=args.method, tol=tol, optimize=options.optimize_from(args))

@@ -133,6 +133,16 @@ def optimize_from(args: argparse.Namespace):
                            mix_ratio=ratio)
 
 
+def describe_optimize(args: argparse.Namespace) -> dict:
+    """The optimised mode's settings for a journal's configuration ({} for other methods, whose
+    results they do not change): a resumed run must not mix radii found with other settings."""
+    if getattr(args, "method", None) != "alpha":
+        return {}
+    chosen = optimize_from(args)
+    return {"optimize": {"steps": chosen.steps, "intermediate": chosen.intermediate,
+                         "joint_planes": chosen.with_joint_planes, "mix_ratio": chosen.mix_ratio}}
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
 
