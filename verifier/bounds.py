@@ -21,7 +21,7 @@ from verifier.optimize import OptimizeOptions, jointly_optimized_lower_bounds, o
 from verifier.propagation import Propagator
 from verifier.regions import BallRegion, BoxRegion, PointRegion, Region
 from verifier.relaxations import RELAXERS, Relaxer
-from verifier.threat import Domain, ThreatModel
+from verifier.threat import Default, Domain, ThreatModel
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "Method", "bound_outputs", "bound_linear_box", "make_batch", "relaxer_for"]
 
@@ -167,14 +167,14 @@ def output_node(graph: ir.Graph, output: int | str) -> ir.Output:
 
 
 def bound_outputs(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], eps: float | np.ndarray,
-                  norm: float | str = math.inf, ball: str = "frame", frames=None, *,
+                  norm: float | str = Default(math.inf), ball: str = Default("frame"), frames=None, *,
                   domain: Domain | tuple | None = None, threat: ThreatModel | None = None,
                   method: Method | str = DEFAULT_METHOD, optimize: OptimizeOptions | None = None,
                   output: int | str = 0, input_name: str | None = None,
                   device=None, dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, np.ndarray]:
     """Certified (lower, upper) of one model output for every sample of `x` (stacked on the model
-    input's batch axis) over the threat model (given as `threat`, or spelled out by norm, ball,
-    frames and domain); arrays shaped like the output. A dropped trailing softmax is not applied:
+    input's batch axis) over the threat model (given as `threat`, or spelled out by norm (default
+    inf), ball (default "frame"), frames and domain); arrays shaped like the output. A dropped trailing softmax is not applied:
     the bounds are on the logits. `optimize` sets the effort of method alpha."""
     threat = ThreatModel.of(threat, norm=norm, ball=ball, frames=frames, domain=domain)
     relaxer = relaxer_for(method)

@@ -24,7 +24,7 @@ from verifier.errors import InputError
 from verifier.methods import DEFAULT_METHOD, Method, parse_method
 from verifier.optimize import OptimizeOptions, ascended_radii, jointly_optimized_lower_bounds, optimized_lower_bounds
 from verifier.propagation import Propagator
-from verifier.threat import Domain, ThreatModel
+from verifier.threat import Default, Domain, ThreatModel
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 MAX_RADIUS = 1e4  # a radius this large means the margin does not depend on the input at all
@@ -197,14 +197,15 @@ def _round_probe(eps: Tensor) -> Tensor:
     return torch.ldexp(torch.round(mantissa * 2.0 ** 20) / 2.0 ** 20, exponent)
 
 
-def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float | str = 2.0, *,
-            labels: np.ndarray | None = None, target: int | None = None, ball: str = "frame",
+def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float | str = Default(2.0), *,
+            labels: np.ndarray | None = None, target: int | None = None, ball: str = Default("frame"),
             frames: tuple[int, ...] | str | None = None, domain: Domain | tuple | None = None,
             threat: ThreatModel | None = None, per_frame: bool = False,
             options: SearchOptions = SearchOptions(), output: int | str = 0, input_name: str | None = None,
             device=None, dtype: torch.dtype = torch.float64, first_index: int = 0) -> list[SampleResult]:
     """Certified radius of every sample in `x` (stacked on the model input's batch axis), over the
-    threat model given as `threat` or spelled out by norm, ball, frames and domain.
+    threat model given as `threat` or spelled out by norm (default 2), ball (default "frame"), frames
+    and domain.
 
     Labels default to the model's own prediction; a sample the model misclassifies gets radius 0 and
     `misclassified=True`. With `per_frame`, also the radius when only frame t is perturbed, for all t,

@@ -91,6 +91,8 @@ def parse_frames(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
             values = [int(v) for v in value]
         except (TypeError, ValueError):
             raise InputError(f"frames must be integers, not {value!r}") from None
+        if any(isinstance(v, (bool, np.bool_)) for v in value):
+            raise InputError(f"frames must be integers, not {value!r}")
         if any(float(v) != int(v) for v in value):
             raise InputError(f"frames must be integers, not {value!r}")
     if not values:
@@ -161,6 +163,17 @@ class Domain:
         return self.label
 
 
+class Default:
+    """A keyword argument the caller left out, standing for `value` (its repr, so signatures read as
+    usual): lets an API function tell a norm left at its default from one spelled out."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 @dataclass(frozen=True)
 class ThreatModel:
     """What is perturbed and how: the norm, the ball kind, the perturbed frames of one input
@@ -180,13 +193,25 @@ class ThreatModel:
 
     @classmethod
     def of(cls, threat: ThreatModel | None = None, **spellings: Any) -> ThreatModel:
-        """`threat` itself, or one built from the API's keyword spellings (norm, ball, frames, domain)."""
-        if threat is not None:
-            if not isinstance(threat, ThreatModel):
-                raise InputError(f"threat must be a ThreatModel, not {type(threat).__name__}")
-            return threat
-        # None means "all frames" / "unbounded"; a norm or ball of None is a mistake, refused by name
-        return cls(**{k: v for k, v in spellings.items() if v is not None or k in ("norm", "ball")})
+        """`threat` itself, or one built from the API's keyword spellings (norm, ball, frames,
+        domain; a `Default` is a keyword the caller left out; frames/domain None = all frames /
+        unbounded, a norm or ball of None is a mistake, refused by name). Spellings given with
+        `threat` must say what it says: preferring either silently would certify a set the caller
+        did not ask for (an l_inf request answered with l1 radii that l_inf points break)."""
+        given = {k: v for k, v in spellings.items()
+                 if not isinstance(v, Default) and (v is not None or k in ("norm", "ball"))}
+        if threat is None:
+            return cls(**{**{k: v.value for k, v in spellings.items() if isinstance(v, Default)}, **given})
+        if not isinstance(threat, ThreatModel):
+            raise InputError(f"threat must be a ThreatModel, not {type(threat).__name__}")
+        if given:
+            spelled = cls(**{"norm": threat.norm, "ball": threat.ball, "frames": threat.frames,
+                             "domain": threat.domain, **given}).describe()
+            said = threat.describe()
+            clash = [f"{k}={spelled[k]!r} (threat says {said[k]!r})" for k in given if spelled[k] != said[k]]
+            if clash:
+                raise InputError(f"both threat= and {', '.join(clash)} given: give the threat model one way")
+        return threat
 
     def frame_mask(self, node: ir.Input) -> np.ndarray:
         """Which frames of `node` are perturbed, as a bool vector over its frames."""

@@ -166,6 +166,11 @@ def test_radii_do_not_depend_on_the_batch(lstm, samples):
     (lambda g, x: certify(g, x, dtype="float16"), "dtype must be float32 or float64"),
     (lambda g, x: verifier.evaluate(g, [x]), "feeds must be a dict of arrays keyed by input name"),
     (lambda g, x: verifier.bound_outputs(g, x, eps=0.01, dtype=np.int64), "dtype must be float32 or float64"),
+    (lambda g, x: certify(g, x, norm="inf", threat=ThreatModel(1.0)), r"norm='inf' \(threat says '1'\)"),
+    (lambda g, x: certify(g, x, frames=[0], threat=ThreatModel(2.0)), r"frames=\[0\] \(threat says 'all'\)"),
+    (lambda g, x: verifier.bound_outputs(g, x, 0.1, 2, threat=ThreatModel(math.inf)), "threat says 'inf'"),
+    (lambda g, x: certify(g, x, domain=(0, 1), threat=ThreatModel(2.0)), "domain="),
+    (lambda g, x: certify(g, x, frames=[True]), "frames must be integers"),
 ])
 def test_api_refuses_bad_arguments_by_name(lstm, samples, call, message):
     """The Python API's mistakes are InputErrors naming the argument, never a TypeError from deep
@@ -176,6 +181,10 @@ def test_api_refuses_bad_arguments_by_name(lstm, samples, call, message):
 
 def test_api_accepts_the_spellings_users_write(lstm, samples):
     graph, x = lstm[1], samples[:2]
+    # a threat model with spellings that agree with it, or none: the same radii
+    linf = [r.radius for r in certify(graph, x, threat=ThreatModel("inf", "sequence"))]
+    assert [r.radius for r in certify(graph, x, norm=math.inf, ball="sequence", threat=ThreatModel("inf", "sequence"))] \
+        == linf == [r.radius for r in certify(graph, x, norm="inf", ball="sequence")]
     reference = certify(graph, x, norm=2, dtype=torch.float32)
     for dtype in ("float32", np.float32):
         assert [r.radius for r in certify(graph, x, norm=2, dtype=dtype)] == [r.radius for r in reference]
