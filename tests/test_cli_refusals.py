@@ -4,8 +4,11 @@ same rule holds in every command."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import sys
 import zipfile
 
 import numpy as np
@@ -58,6 +61,46 @@ def test_outputs_are_checked_before_any_work(model, capsys, no_work, flag, value
     monkeypatch.chdir(tmp_path)
     err = refused(capsys, "certify", path, "--input", folder / "x.npy", flag, value)
     assert flag in err and message in err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("flag", ["--json", "--csv"])
+def test_a_write_that_fails_after_the_checks_names_the_file(model, capsys, flag):
+    """/dev/full passes every up-front check (root passes os.access on /sys and /proc the same way);
+    the failure shows only when the data goes out: a user error, not an internal one (exit 70)."""
+    folder, path, _ = model
+    err = refused(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "1", "--no-progress", flag, "/dev/full")
+    assert f"cannot write {flag} /dev/full: No space left on device" in err
+
+
+def _fail_writing(*args, **kwargs):
+    raise PermissionError(errno.EACCES, "Permission denied")
+
+
+def test_failing_plot_and_attack_files_are_user_errors(model, capsys, monkeypatch, tmp_path):
+    import verifier.plots
+
+    folder, path, _ = model
+    monkeypatch.setattr(verifier.plots, "plot_radii", _fail_writing)
+    err = refused(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "1", "--plot", tmp_path / "r.png")
+    assert "cannot write --plot" in err and "Permission denied" in err
+    monkeypatch.setattr(np, "save", _fail_writing)
+    err = refused(capsys, "attack", path, "--input", folder / "x.npy", "--limit", "1", "--eps", "0.1",
+                  "--out", tmp_path / "a.npy")
+    assert "cannot write --out" in err and "Permission denied" in err
+
+
+class _FullStream(io.StringIO):
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_standard_output_is_a_user_error(model, capsys, monkeypatch):
+    folder, path, _ = model
+    monkeypatch.setattr(sys, "stdout", _FullStream())
+    err = refused(capsys, "bounds", path, "--input", folder / "x.npy", "--eps", "0.1", "--json")
+    assert "cannot write to standard output: No space left on device" in err
+    assert isinstance(sys.stdout, _FullStream)  # main puts the stream it wrapped back
 
 
 def test_attack_output_must_be_npy(model, capsys, no_work):

@@ -9,6 +9,7 @@ argument errors and `inspect` answer without loading them."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -112,6 +113,36 @@ def _command_module(name: str):
         raise
 
 
+class _CheckedStdout:
+    """Standard output whose write failures (a full disk, `> /dev/full`) end the command as one
+    InputError line instead of an internal error. A closed pipe stays a BrokenPipeError (exit 141).
+    Everything but write and flush goes to the real stream."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        with _stdout_errors():
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with _stdout_errors():
+            self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _stdout_errors():
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise InputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
@@ -119,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return PopqornError.exit_code
+    stdout, sys.stdout = sys.stdout, _CheckedStdout(sys.stdout)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a full disk shows now, while the exit code can still say so
+        return code
     except PopqornError as exc:
         if args.debug:
             raise
@@ -140,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"popqorn: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
         return 70
+    finally:
+        sys.stdout = stdout
 
 
 def entry() -> None:

@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         if args.target is not None and labels[k] == args.target == predicted[k]:
             rows[-1]["skipped"] = "label equals --target"
     if args.out:
-        np.save(args.out, to_model_layout(batch.node, result.adversarial[found]))
+        with options.writing(args.out, "--out"):
+            np.save(args.out, to_model_layout(batch.node, result.adversarial[found]))
     if args.json:
         print(json.dumps({"model": args.model, "eps": eps, **options.describe_threat(threat), "target": args.target,
                           "labels": samples.labels_source, "found": int(found.sum()), "samples": rows, "out": args.out}))

@@ -216,8 +216,9 @@ def _report(args: argparse.Namespace, threat, device: str, labels: str, at: list
         _write_csv(args.csv, certified)
     if args.plot:
         from verifier.plots import plot_radii  # matplotlib only when asked
-        plot_radii(certified, args.plot, title=f"{os.path.basename(args.model)}: {args.method}, "
-                                               f"l{report['norm']} {threat.ball} ball")
+        with options.writing(args.plot, "--plot"):
+            plot_radii(certified, args.plot, title=f"{os.path.basename(args.model)}: {args.method}, "
+                                                   f"l{report['norm']} {threat.ball} ball")
         if args.json != "-":
             print(f"plot written to {args.plot}")
 

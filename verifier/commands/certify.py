@@ -114,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
         _write_csv(args.csv, rows)
     if args.plot:
         from verifier.plots import plot_radii  # matplotlib only when asked
-        plot_radii(rows, args.plot, title=f"{os.path.basename(args.model)}: {report['method']}, "
-                                          f"l{report['norm']} {threat.ball} ball")
+        with options.writing(args.plot, "--plot"):
+            plot_radii(rows, args.plot, title=f"{os.path.basename(args.model)}: {report['method']}, "
+                                              f"l{report['norm']} {threat.ball} ball")
         if args.json != "-":
             print(f"plot written to {args.plot}")
     return 0
@@ -312,12 +313,12 @@ def _read_resume(path: str | None, config: dict, samples: options.Samples, selec
 def _append_resume(path: str | None, config: dict, result: SampleResult, digest: str) -> None:
     if not path:
         return
-    with open(path, "a") as handle:
+    with options.writing(path, "--resume"), open(path, "a") as handle:
         handle.write(json.dumps({"config": config, "sample_sha256": digest, "result": result.to_json()}) + "\n")
 
 
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as handle:
+def _write_text(path: str, text: str, flag: str = "--json") -> None:
+    with options.writing(path, flag), open(path, "w") as handle:
         handle.write(text + "\n")
 
 
@@ -325,7 +326,7 @@ def _write_csv(path: str, rows: list[dict]) -> None:
     frames = max((len(row.get("per_frame_radius") or []) for row in rows), default=0)
     columns = ["index", "label", "predicted", "radius", "misclassified", "time_s"]
     extra = sorted({key for row in rows for key in row} - set(columns) - {"per_frame_radius"})
-    with open(path, "w", newline="") as handle:
+    with options.writing(path, "--csv"), open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns + extra + [f"radius_frame_{t}" for t in range(frames)])
         for row in rows:

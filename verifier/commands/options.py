@@ -6,6 +6,7 @@ themselves stay short."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -328,6 +329,17 @@ def check_output_path(path: str | None, flag: str, suffixes: tuple[str, ...] | N
         raise InputError(f"{flag} {path}: not writable")
     if suffixes and not path.lower().endswith(suffixes):
         raise InputError(f"{flag} {path}: unknown format; use one of {', '.join(suffixes)}")
+
+
+@contextlib.contextmanager
+def writing(path: str, flag: str):
+    """Writes to an output file inside this block fail as one InputError naming the file and the
+    system's reason. check_output_path cannot foresee everything: root passes os.access checks on
+    /sys and /proc, and a full disk (or /dev/full) only shows when the data goes out."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
 
 
 def overflow_limit(dtype_name: str) -> float:
