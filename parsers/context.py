@@ -27,9 +27,11 @@ def clean_name(name: str) -> str:
 
 
 class Context:
-    def __init__(self, builder: GraphBuilder, opset: int, budget: Budget | None = None) -> None:
+    def __init__(self, builder: GraphBuilder, opset: int, budget: Budget | None = None,
+                 domains: dict[str, int] | None = None) -> None:
         self.builder = builder
         self.opset = opset
+        self.domains = domains or {}  # the opset the model imports for each other domain, for messages
         self.meter = Meter(budget or Budget())
         self.scopes: list[dict[str, Value]] = [{}]
         self.cells: list = []

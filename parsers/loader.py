@@ -107,7 +107,8 @@ class Conversion:
         folded in at their given values instead of being graph inputs."""
         graph = self.model.graph
         builder = GraphBuilder()
-        ctx = Context(builder, self.opset, self.budget)
+        ctx = Context(builder, self.opset, self.budget,
+                      {entry.domain: entry.version for entry in self.model.opset_import})
         for name, value in self.initializers.items():
             ctx.bind(name, value)
         for item in declared:

@@ -40,7 +40,8 @@ def _lookup(ctx: Context, node: onnx.NodeProto, name: str):
 def convert_node(ctx: Context, node: onnx.NodeProto, position: int = 0) -> None:
     label = node_label(node)
     if node.domain not in ("", "ai.onnx"):
-        raise UnsupportedOperator(node.op_type, ctx.opset, label, f"operators of domain {node.domain!r} are not supported")
+        raise UnsupportedOperator(node.op_type, ctx.domains.get(node.domain), label,
+                                  "popqorn converts default-domain (ai.onnx) operators only", domain=node.domain)
     ctx.meter.check_nodes(len(ctx.builder.nodes), 0, f"node {label!r}")
     inputs = [_lookup(ctx, node, name) if name else None for name in node.input]
     ctx.prefix = ctx.scope_prefix + clean_name(node.name or f"{node.op_type}_{position}")
@@ -119,6 +120,11 @@ def _convert(ctx: Context, node: onnx.NodeProto, inputs: list) -> list:
     unknown = sorted(a.name for a in node.attribute if a.name not in conv.attributes)
     if unknown:
         raise ctx.unsupported(node, f"attribute {', '.join(unknown)} is not supported")
+    for name, value in zip(node.input, inputs):
+        if isinstance(value, np.ndarray) and value.dtype.kind in "OSUc":  # a STRING or complex tensor
+            element = "STRING" if value.dtype.kind in "OSU" else value.dtype.name.upper()
+            raise ctx.unsupported(node, f"input {name!r} has element type {element}; popqorn computes with "
+                                        "real numbers only")
     try:
         outputs = conv.fn(node, inputs, ctx)
     except (PopqornError, ConstantRequired, ConverterBug):

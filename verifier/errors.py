@@ -18,14 +18,17 @@ class UnsupportedOperator(PopqornError):
 
     exit_code = 4
 
-    def __init__(self, op_type: str, opset: int, node_name: str, reason: str = "") -> None:
-        self.op_type, self.opset, self.node_name, self.reason = op_type, opset, node_name, reason
-        where = f"unsupported operator {op_type} (opset {opset}) at node {node_name!r}"
+    def __init__(self, op_type: str, opset: int | None, node_name: str, reason: str = "", domain: str = "") -> None:
+        """`opset` is the version the model imports for the op's `domain` ("" = the default domain;
+        None: the model imports none for it)."""
+        self.op_type, self.opset, self.node_name, self.reason, self.domain = op_type, opset, node_name, reason, domain
+        version = "no opset imported" if opset is None else f"opset {opset}"
+        where = f"unsupported operator {op_type} ({f'domain {domain!r}, ' if domain else ''}{version}) at node {node_name!r}"
         super().__init__(f"{where}: {reason}" if reason else where)
 
     def __reduce__(self):
         # pickled with the constructor's arguments: worker processes (vnnlib, audit) send it back
-        return type(self), (self.op_type, self.opset, self.node_name, self.reason)
+        return type(self), (self.op_type, self.opset, self.node_name, self.reason, self.domain)
 
 
 class InputError(PopqornError):

@@ -151,7 +151,21 @@ def test_unsupported_attribute_value_names_the_node(tmp_path, capsys):
     model.opset_import.append(helper.make_opsetid("com.example", 1))
     path = tmp_path / "custom.onnx"
     path.write_bytes(model.SerializeToString())
-    assert_refused_everywhere(capsys, path, UnsupportedOperator, "domain 'com.example'")
+    assert_refused_everywhere(capsys, path, UnsupportedOperator, "Relu (domain 'com.example', opset 1) at node 'the_node'")
+
+
+@pytest.mark.parametrize("weight, element", [
+    (helper.make_tensor("W", TensorProto.STRING, [3, 3], [b"a"] * 9), "STRING"),
+    (numpy_helper.from_array(np.ones((3, 3), np.complex64), "W"), "COMPLEX64"),
+])
+def test_non_real_weights_name_the_node_and_the_element_type(weight, element, tmp_path, capsys):
+    """A STRING initializer reached the MatMul converter and ended as an internal error (exit 70)."""
+    model = onnx.load(str(tiny_model(tmp_path)))
+    model.graph.initializer[0].CopyFrom(weight)
+    path = tmp_path / f"{element}.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert_refused_everywhere(capsys, path, UnsupportedOperator,
+                              f"MatMul (opset 17) at node 'matmul': input 'W' has element type {element}")
 
 
 def test_dynamic_shapes_are_taken_from_the_feeds_or_an_input_shape(tmp_path, capsys):
