@@ -22,29 +22,74 @@ MAX_MODEL_BYTES = 512 * 1024 * 1024
 _EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
 
 
-def read_model(path: str | os.PathLike, max_bytes: int = MAX_MODEL_BYTES) -> onnx.ModelProto:
-    """Load and validate a model file without trusting it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ModelFileError(f"model file {path} is {size} bytes, over the {max_bytes}-byte limit")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelFileError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
+
+
+def model_label(source: ModelSource) -> str:
+    """How messages name the model: its path, or what was passed in memory."""
+    if isinstance(source, onnx.ModelProto):
+        return "the model (given as an onnx.ModelProto)"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "the model (given as bytes)"
+    return str(source)
+
+
+def read_model(source: ModelSource, max_bytes: int = MAX_MODEL_BYTES) -> onnx.ModelProto:
+    """Load and validate a model without trusting it: a file's path, the file's bytes, or an
+    onnx.ModelProto (copied: the front end edits the model it reads). A model in memory has no
+    folder, so tensors stored as external data are refused."""
+    label, folder = model_label(source), None
+    if isinstance(source, onnx.ModelProto):
+        size = source.ByteSize()
+        _check_size(size, label, max_bytes)
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        size = len(source)
+        _check_size(size, label, max_bytes)
+        model = _parse(lambda: onnx.load_model_from_string(bytes(source)), label)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        _check_is_file(path)
+        size = path.stat().st_size
+        _check_size(size, f"model file {path}", max_bytes)
+        model = _parse(lambda: onnx.load(str(path), load_external_data=False), label)
+        folder = path.resolve().parent
+    else:
+        raise ModelFileError(f"a model is a path to an .onnx file, its bytes or an onnx.ModelProto, "
+                             f"not {type(source).__name__}")
     if not model.graph.node and not model.graph.output:
-        raise ModelFileError(f"{path} is not an ONNX model (empty graph)")
-    check_text(model, path)
-    load_external_data(model, path.resolve().parent, max_bytes - size)
+        raise ModelFileError(f"{label} is not an ONNX model (empty graph)")
+    check_text(model, label)
+    load_external_data(model, folder, max_bytes - size)
     check_opsets(model)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path} fails onnx.checker: {first}") from exc
+        raise ModelFileError(f"{label} fails onnx.checker: {first}") from exc
     return model
+
+
+def _check_is_file(path: Path) -> None:
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a directory, not an ONNX model file")
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelFileError(f"{path} is not a regular file (a device, pipe or socket); give an .onnx file")
+
+
+def _check_size(size: int, what: str, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ModelFileError(f"{what} is {size} bytes, over the {max_bytes}-byte limit")
+
+
+def _parse(load, label: str) -> onnx.ModelProto:
+    try:
+        return load()
+    except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise several untyped errors
+        raise ModelFileError(f"{label} is not a readable ONNX model ({type(exc).__name__})") from exc
 
 
 def check_text(model: onnx.ModelProto, path: str | os.PathLike) -> None:
@@ -121,12 +166,16 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
             graphs.extend(attr.graphs)
 
 
-def load_external_data(model: onnx.ModelProto, folder: Path, max_bytes: int) -> None:
-    """Read every tensor's external data into the model, after checking where it points."""
+def load_external_data(model: onnx.ModelProto, folder: Path | None, max_bytes: int) -> None:
+    """Read every tensor's external data into the model, after checking where it points (folder
+    None: a model given in memory, which has no folder to read from)."""
     total = 0
     for tensor in all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
+        if folder is None:
+            raise ModelFileError(f"tensor {tensor.name or '(unnamed)'!r} keeps its data in an external file; load "
+                                 "the model from its path so that the file can be found")
         data = _read_external(tensor, folder, max_bytes - total)
         total += len(data)
         tensor.raw_data = data

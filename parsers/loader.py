@@ -9,7 +9,6 @@ concrete graph is built from the feeds, at evaluate/bounds/certify time.
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 import onnx
@@ -19,7 +18,15 @@ from parsers.budget import Budget
 from parsers.builder import GraphBuilder
 from parsers.context import Context, clean_name
 from parsers.errors import BatchLayoutError, ConstantRequired
-from parsers.files import MAX_MODEL_BYTES, check_opsets, check_types, read_model, tensor_value
+from parsers.files import (
+    MAX_MODEL_BYTES,
+    ModelSource,
+    check_opsets,
+    check_types,
+    model_label,
+    read_model,
+    tensor_value,
+)
 from parsers.inputs import DeclaredInput, declare_inputs
 from parsers.values import Sym
 from parsers.walk import convert_nodes
@@ -29,12 +36,12 @@ from verifier.errors import InputError, ModelFileError, UnsupportedOperator
 MAX_AXIS_TRIALS = 16
 
 
-def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
+def load_onnx(path: ModelSource, input_shapes: dict[str, tuple[int, ...]] | None = None,
               batch_axes: dict[str, int | None] | None = None,
               frame_axes: dict[str, int | None] | None = None,
               max_bytes: int = MAX_MODEL_BYTES, *, max_nodes: int = Budget.max_nodes,
               max_unrolled: int = Budget.max_unrolled, max_elements: int = Budget.max_elements) -> ir.Graph:
-    """Parse an ONNX model into a one-sample IR graph.
+    """Parse an ONNX model (a file's path, its bytes or an onnx.ModelProto) into a one-sample IR graph.
 
     input_shapes: full shapes (batch included) for inputs whose non-batch dims are dynamic; without
     them such a graph is built per feed shape (its `specializer` is set).
@@ -47,7 +54,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
         raise InputError(str(exc)) from None
     model = read_model(path, max_bytes)
     graph = convert_model(model, input_shapes, batch_axes, frame_axes, budget=budget)
-    check_types(model, path)  # after the converter, whose refusals name the node and the cause
+    check_types(model, model_label(path))  # after the converter, whose refusals name the node and the cause
     return graph
 
 

@@ -176,6 +176,7 @@ def bound_outputs(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], eps: f
     input's batch axis) over the threat model (given as `threat`, or spelled out by norm (default
     inf), ball (default "frame"), frames and domain); arrays shaped like the output. A dropped trailing softmax is not applied:
     the bounds are on the logits. `optimize` sets the effort of method alpha."""
+    ir.require_graph(graph, "bound_outputs")
     threat = ThreatModel.of(threat, norm=norm, ball=ball, frames=frames, domain=domain)
     relaxer = relaxer_for(method)
     if parse_method(method) is Method.ALPHA:

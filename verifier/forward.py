@@ -76,6 +76,7 @@ def evaluate(graph: ir.Graph, feeds: dict[str, np.ndarray], device: str | torch.
     from verifier.bounds import resolve_device, resolve_dtype
     from verifier.errors import InputError
 
+    ir.require_graph(graph, "evaluate")
     if not isinstance(feeds, dict):
         if len(graph.inputs) != 1 or not hasattr(feeds, "shape"):
             names = [n.onnx_name for n in graph.inputs]

@@ -273,3 +273,14 @@ class Graph:
             if node.onnx_name == onnx_name:
                 return node
         raise KeyError(onnx_name)
+
+
+def require_graph(graph: object, caller: str) -> Graph:
+    """The API's entry points take the Graph that parsers.load_onnx returns; anything else (None,
+    a path, an onnx.ModelProto) is refused by name instead of failing deep inside as AttributeError."""
+    if not isinstance(graph, Graph):
+        from verifier.errors import InputError
+
+        raise InputError(f"{caller} takes the verifier.ir.Graph that parsers.load_onnx returns "
+                         f"(load the model with it first), not {type(graph).__name__}")
+    return graph

@@ -72,7 +72,47 @@ def test_missing_file(tmp_path, capsys):
 
 
 def test_a_folder_is_not_a_model(tmp_path, capsys):
-    assert_refused_everywhere(capsys, tmp_path, ModelFileError, "not found")
+    assert_refused_everywhere(capsys, tmp_path, ModelFileError, "is a directory, not an ONNX model file")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
+def test_a_device_is_not_a_model(capsys):
+    assert_refused_everywhere(capsys, Path("/dev/null"), ModelFileError, "/dev/null is not a regular file")
+
+
+def test_a_model_in_memory_is_read_like_its_file(tmp_path):
+    """load_onnx takes the file's bytes or an onnx.ModelProto too (the loader works on a ModelProto
+    anyway); the ModelProto given is left as it was."""
+    path = tiny_model(tmp_path, "Softmax", axis=-1)
+    model = onnx.load(str(path))
+    before = model.SerializeToString()
+    from_file = parsers.load_onnx(path)
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    expected = verifier.evaluate(from_file, x)[0]
+    for source in (path.read_bytes(), model):
+        graph = parsers.load_onnx(source)
+        assert repr(graph.nodes) == repr(from_file.nodes) and graph.notes == from_file.notes
+        np.testing.assert_array_equal(verifier.evaluate(graph, x)[0], expected)
+    assert model.SerializeToString() == before
+    with pytest.raises(ModelFileError, match=r"the model \(given as bytes\) is not a readable ONNX model"):
+        parsers.load_onnx(b"\x08\x07garbage\xff" * 10)
+    external = onnx.load(str(with_external_weight(tmp_path, "w.bin")), load_external_data=False)
+    with pytest.raises(ModelFileError, match="keeps its data in an external file; load the model from its path"):
+        parsers.load_onnx(external)
+
+
+@pytest.mark.parametrize("source", [None, 5, [b"\x08"]])
+def test_what_is_no_model_is_refused_by_type(source):
+    with pytest.raises(ModelFileError, match=f"a path to an .onnx file, its bytes or an onnx.ModelProto, "
+                                             f"not {type(source).__name__}"):
+        parsers.load_onnx(source)
+
+
+@pytest.mark.parametrize("function", ["evaluate", "bound_outputs"])
+def test_the_engine_refuses_what_is_no_graph(function):
+    with pytest.raises(InputError, match=f"{function} takes the verifier.ir.Graph that parsers.load_onnx returns.*"
+                                         "not NoneType"):
+        getattr(verifier, function)(None, np.zeros((1, 3), np.float32), *([0.1] if function == "bound_outputs" else []))
 
 
 def test_garbage_bytes(tmp_path, capsys):
