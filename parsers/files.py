@@ -9,6 +9,7 @@ ever opened later relative to the working directory. Nothing in the file is exec
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,8 +67,7 @@ def read_model(source: ModelSource, max_bytes: int = MAX_MODEL_BYTES) -> onnx.Mo
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{label} fails onnx.checker: {first}") from exc
+        raise ModelFileError(f"{label} fails onnx.checker: {_one_line(exc)}") from exc
     return model
 
 
@@ -122,8 +122,20 @@ def check_types(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises several untyped errors here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path} fails ONNX type and shape inference: {first}") from None
+        raise ModelFileError(f"{path} fails ONNX type and shape inference: {_one_line(exc)}") from None
+
+
+_UNDEFINED_INPUT = re.compile(r"(Nodes in a graph must be topologically sorted, )?however input '(?P<tensor>.*)' "
+                              r"of node: name: (?P<node>.*) OpType: (?P<op>\S+) is not output of any previous nodes\.?")
+
+
+def _one_line(exc: Exception, limit: int = 400) -> str:
+    """onnx's message on one line: it spreads one sentence over several (the node that reads an
+    undefined tensor is named on the second), and the CLI prints one line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = _UNDEFINED_INPUT.sub(lambda m: f"node {m['node']!r} ({m['op']}) reads {m['tensor']!r}, which no graph "
+                                          "input, initializer or earlier node defines (nodes must be in topological order)", text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def check_opsets(model: onnx.ModelProto) -> None:

@@ -179,6 +179,16 @@ def test_checker_failure(tmp_path, capsys):
     assert_refused_everywhere(capsys, path, ModelFileError, "fails onnx.checker")
 
 
+def test_a_tensor_nothing_defines_names_the_node_that_reads_it(tmp_path, capsys):
+    """onnx.checker names the node on a second line; only the first used to be shown."""
+    model = onnx.load(str(tiny_model(tmp_path)))
+    model.graph.node[1].input[0] = "ghost"
+    path = tmp_path / "ghost.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert_refused_everywhere(capsys, path, ModelFileError, "fails onnx.checker: node 'the_node' (Relu) reads 'ghost', "
+                              "which no graph input, initializer or earlier node defines")
+
+
 def test_unsupported_operator_names_op_opset_and_node(tmp_path, capsys):
     path = tiny_model(tmp_path, "Erf")
     assert_refused_everywhere(capsys, path, UnsupportedOperator, "unsupported operator Erf (opset 17) at node 'the_node'")
