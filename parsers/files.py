@@ -68,7 +68,29 @@ def read_model(source: ModelSource, max_bytes: int = MAX_MODEL_BYTES) -> onnx.Mo
         onnx.checker.check_model(model)
     except Exception as exc:
         raise ModelFileError(f"{label} fails onnx.checker: {_one_line(exc)}") from exc
+    check_node_names(model, label)
     return model
+
+
+def check_node_names(model: onnx.ModelProto, label: str) -> None:
+    """Node names are unique within each graph (the ONNX IR spec's node namespace; unnamed nodes
+    aside). onnx.checker lets duplicates through but onnxruntime refuses to load such a file, so a
+    certificate for it would be about a model that nothing runs."""
+    bodies: list[tuple[str, list[onnx.NodeProto]]] = [("the graph", list(model.graph.node))]
+    bodies += [(f"function {function.name!r}", list(function.node)) for function in model.functions]
+    while bodies:
+        where, nodes = bodies.pop()
+        seen: set[str] = set()
+        for node in nodes:
+            if node.name in seen:
+                raise ModelFileError(f"{label}: two nodes of {where} are named {node.name!r}; node names must be "
+                                     "unique (onnxruntime refuses to load such a file)")
+            if node.name:
+                seen.add(node.name)
+            for attr in node.attribute:
+                subgraphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+                bodies += [(f"subgraph {attr.name!r} of node {node.name or node.op_type!r}", list(graph.node))
+                           for graph in subgraphs]
 
 
 def _check_is_file(path: Path) -> None:

@@ -355,7 +355,11 @@ def _lstm_with_steps(steps: int) -> onnx.ModelProto:
 
 
 def repeated_names(count: int) -> onnx.ModelProto:
-    nodes = [helper.make_node("Relu", [f"v{k}"], [f"v{k + 1}"], name="same") for k in range(count)]
+    """A chain whose node names differ (ONNX requires it) but all clean to the IR name 'same': the
+    superscript digits that tell them apart are no IR name characters."""
+    digits = "⁰¹²³⁴⁵⁶⁷⁸⁹"
+    nodes = [helper.make_node("Relu", [f"v{k}"], [f"v{k + 1}"], name="same" + "".join(digits[int(d)] for d in str(k)))
+             for k in range(count)]
     graph = helper.make_graph(nodes, "names", [value("v0", ["batch", FEATURES])], [value(f"v{count}", ["batch", FEATURES])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 

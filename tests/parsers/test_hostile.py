@@ -194,12 +194,30 @@ def test_naming_is_linear_in_repeated_names():
     assert Counting.probes <= 4 * 3000
 
 
+def _superscript(k: int) -> str:
+    return "".join("⁰¹²³⁴⁵⁶⁷⁸⁹"[int(d)] for d in str(k))
+
+
 def test_many_nodes_with_one_name_convert(tmp_path):
+    """Distinct ONNX names that all clean to the IR name 'same' (superscript digits are dropped)."""
     count = 3000
-    nodes = [helper.make_node("Relu", [f"v{k}"], [f"v{k + 1}"], name="same") for k in range(count)]
+    nodes = [helper.make_node("Relu", [f"v{k}"], [f"v{k + 1}"], name=f"same{_superscript(k)}") for k in range(count)]
     path = save(tmp_path, nodes, [value("v0", ["batch", F])], [value(f"v{count}", ["batch", F])])
     graph = parsers.load_onnx(path)
     assert len(graph.nodes) == count + 1 and len({n.name for n in graph.nodes}) == count + 1
+    assert "same" in {n.name for n in graph.nodes} and "same_2999" in {n.name for n in graph.nodes}
+
+
+def test_duplicate_node_names_are_refused(tmp_path, capsys):
+    """onnxruntime refuses such a file ("two nodes with same node name"); unnamed nodes are fine."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="twice"), helper.make_node("Neg", ["a"], ["b"]),
+             helper.make_node("Sigmoid", ["b"], ["c"]), helper.make_node("Tanh", ["c"], ["y"], name="twice")]
+    path = save(tmp_path, nodes, [value("x", ["batch", F])], [value("y", ["batch", F])])
+    refused(path, ModelFileError, "two nodes of the graph are named 'twice'", capsys=capsys)
+    for node in nodes:
+        node.name = ""
+    assert len(parsers.load_onnx(save(tmp_path, nodes, [value("x", ["batch", F])], [value("y", ["batch", F])],
+                                      name="unnamed")).inputs) == 1
 
 
 # -- external data confined to the model's folder -----------------------------------------------
