@@ -17,7 +17,7 @@ from parsers import ops  # noqa: F401  (registers the converters)
 from parsers.budget import Budget
 from parsers.builder import GraphBuilder
 from parsers.context import Context, clean_name
-from parsers.errors import BatchLayoutError, ConstantRequired
+from parsers.errors import BatchLayoutError, ConstantRequired, ConverterBug
 from parsers.files import (
     MAX_MODEL_BYTES,
     ModelSource,
@@ -53,7 +53,13 @@ def load_onnx(path: ModelSource, input_shapes: dict[str, tuple[int, ...]] | None
     except ValueError as exc:
         raise InputError(str(exc)) from None
     model = read_model(path, max_bytes)
-    graph = convert_model(model, input_shapes, batch_axes, frame_axes, budget=budget)
+    try:
+        graph = convert_model(model, input_shapes, batch_axes, frame_axes, budget=budget)
+    except (UnsupportedOperator, ConverterBug):
+        # a converter that trips over the file (weights of the wrong rank or type) often meets a
+        # file ONNX itself rejects: then the file is malformed, not the operator unsupported
+        check_types(model, model_label(path))
+        raise
     check_types(model, model_label(path))  # after the converter, whose refusals name the node and the cause
     return graph
 

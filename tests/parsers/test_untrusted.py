@@ -209,13 +209,28 @@ def test_unsupported_attribute_value_names_the_node(tmp_path, capsys):
     (numpy_helper.from_array(np.ones((3, 3), np.complex64), "W"), "COMPLEX64"),
 ])
 def test_non_real_weights_name_the_node_and_the_element_type(weight, element, tmp_path, capsys):
-    """A STRING initializer reached the MatMul converter and ended as an internal error (exit 70)."""
+    """A STRING initializer reached the MatMul converter and ended as an internal error (exit 70).
+    ONNX's type inference rejects the file (exit 3); the converter itself refuses such an input by
+    name too (convert_model runs no type inference)."""
     model = onnx.load(str(tiny_model(tmp_path)))
     model.graph.initializer[0].CopyFrom(weight)
     path = tmp_path / f"{element}.onnx"
     path.write_bytes(model.SerializeToString())
-    assert_refused_everywhere(capsys, path, UnsupportedOperator,
-                              f"MatMul (opset 17) at node 'matmul': input 'W' has element type {element}")
+    assert_refused_everywhere(capsys, path, ModelFileError, f"unsupported type: tensor({element.lower()})")
+    with pytest.raises(UnsupportedOperator, match=f"MatMul \\(opset 17\\) at node 'matmul': input 'W' has element "
+                                                  f"type {element}"):
+        parsers.convert_model(parsers.read_model(path))
+
+
+def test_weights_of_the_wrong_shape_make_a_malformed_file(tmp_path, capsys):
+    """The MatMul converter refused it as an unsupported operator (exit 4); ONNX rejects the file."""
+    model = onnx.load(str(tiny_model(tmp_path)))
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((2, 2), np.float32), "W"))
+    path = tmp_path / "wrong_shape.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert_refused_everywhere(capsys, path, ModelFileError, "fails ONNX type and shape inference")
+    with pytest.raises(UnsupportedOperator, match="do not multiply"):
+        parsers.convert_model(parsers.read_model(path))
 
 
 def test_dynamic_shapes_are_taken_from_the_feeds_or_an_input_shape(tmp_path, capsys):
