@@ -168,6 +168,10 @@ def declare_inputs(graph: onnx.GraphProto, opset: int, input_shapes: dict | None
             dims = _given_shape(info.name, dims, input_shapes[info.name], batch)
         if not is_float:
             batch, frame = (batch if batch is not None and batch < len(dims) else None), None
+        negative = [k for k, d in enumerate(dims) if isinstance(d, int) and d < 0]
+        if negative:  # only a file can say so (input_shapes are checked): no valid ONNX dimension is negative
+            raise ModelFileError(f"input {info.name!r} declares shape {tuple(dims)}: axis {negative[0]} has the "
+                                 f"negative length {dims[negative[0]]}; the file is malformed")
         empty = [k for k, d in enumerate(dims) if isinstance(d, int) and d < 1 and k != batch]
         if empty:
             raise InputError(f"input {info.name!r} declares shape {tuple(dims)}: axis {empty[0]} is empty "

@@ -55,10 +55,13 @@ def no_work(monkeypatch):
     ("--json", ".", "is a directory"),
     ("--plot", "r.xyz", "unknown format"),
     ("--resume", "missing/log.jsonl", "does not exist"),
+    ("--json", "x.npy/r.json", "x.npy is a file, not a folder"),
+    ("--csv", "x.npy/sub/r.csv", "x.npy is a file, not a folder"),
 ])
 def test_outputs_are_checked_before_any_work(model, capsys, no_work, flag, value, message, monkeypatch, tmp_path):
     folder, path, _ = model
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.npy").touch()  # a file where an output path needs a folder
     err = refused(capsys, "certify", path, "--input", folder / "x.npy", flag, value)
     assert flag in err and message in err
 
@@ -116,6 +119,24 @@ def test_attack_output_must_be_npy(model, capsys, no_work):
 def test_flags_refused_up_front(model, capsys, no_work, argv, message):
     folder, path, _ = model
     assert message in refused(capsys, "certify", path, "--input", folder / "x.npy", *argv)
+
+
+def test_an_input_shape_given_twice_is_refused(model, capsys, no_work):
+    folder, path, _ = model
+    err = refused(capsys, "certify", path, "--input", folder / "x.npy", "--input-shape", f"x=1,{STEPS},{FEATURES}",
+                  "--input-shape", f"x=1,{STEPS + 1},{FEATURES}")
+    assert "--input-shape gives input 'x' twice" in err
+
+
+def test_optimize_flags_without_alpha_are_named_as_ignored(model, capsys):
+    folder, path, _ = model
+    base = ["bounds", str(path), "--input", str(folder / "x.npy"), "--limit", "1", "--eps", "0.01"]
+    assert main([*base, "--optimize-steps", "5", "--optimize-intermediate", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --optimize-steps, --optimize-intermediate apply only to --method alpha; ignored with " \
+           "--method crown" in err
+    assert main([*base, "--optimize-steps", "5", "--method", "alpha"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_check_samples_are_capped(model, capsys, no_work):

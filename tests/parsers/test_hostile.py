@@ -208,6 +208,12 @@ def test_many_nodes_with_one_name_convert(tmp_path):
     assert "same" in {n.name for n in graph.nodes} and "same_2999" in {n.name for n in graph.nodes}
 
 
+def test_a_negative_declared_dimension_is_a_malformed_file(tmp_path, capsys):
+    path = save(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [value("x", ["batch", -3, F])],
+                [value("y", ["batch", -3, F])])
+    refused(path, ModelFileError, "axis 1 has the negative length -3; the file is malformed", capsys=capsys)
+
+
 def test_duplicate_node_names_are_refused(tmp_path, capsys):
     """onnxruntime refuses such a file ("two nodes with same node name"); unnamed nodes are fine."""
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="twice"), helper.make_node("Neg", ["a"], ["b"]),

@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -123,6 +124,7 @@ def optimize_from(args: argparse.Namespace):
     """The optimised mode's options from the --optimize-* switches."""
     from verifier.optimize import OptimizeOptions
 
+    _warn_unused_optimize(args)
     steps = getattr(args, "optimize_steps", 20)
     if steps < 0 or steps > 100000:
         raise InputError(f"--optimize-steps must be in 0..100000, not {steps}")
@@ -132,6 +134,20 @@ def optimize_from(args: argparse.Namespace):
         raise InputError(f"--optimize-mix-ratio must be in (0, 1e6), not {ratio}")
     return OptimizeOptions(steps=steps, intermediate=getattr(args, "optimize_intermediate", "shared"), joint_planes=joint,
                            mix_ratio=ratio)
+
+
+def _warn_unused_optimize(args: argparse.Namespace) -> None:
+    """--optimize-* set with another method than alpha change nothing: say so rather than ignore them."""
+    method = getattr(args, "method", "alpha")
+    given = [flag for flag, value, default in (
+        ("--optimize-steps", getattr(args, "optimize_steps", 20), 20),
+        ("--optimize-intermediate", getattr(args, "optimize_intermediate", "shared"), "shared"),
+        ("--optimize-mix-ratio", getattr(args, "optimize_mix_ratio", None), None),
+        ("--optimize-joint-planes", getattr(args, "optimize_joint_planes", "auto"), "auto")) if value != default]
+    if given and method != "alpha":
+        verb = "applies" if len(given) == 1 else "apply"
+        print(f"popqorn: warning: {', '.join(given)} {verb} only to --method alpha; ignored with --method {method}",
+              file=sys.stderr)
 
 
 def describe_optimize(args: argparse.Namespace) -> dict:
@@ -249,6 +265,8 @@ def parse_input_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
         if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
             raise InputError(f"--input-shape {text!r}: {math.prod(shape):,} elements, more than the "
                              f"{MAX_SAMPLE_ELEMENTS:,} popqorn accepts for one input")
+        if name in shapes:
+            raise InputError(f"--input-shape gives input {name!r} twice ({shapes[name]} and {shape}); give it once")
         shapes[name] = shape
     return shapes
 
@@ -324,6 +342,11 @@ def check_output_path(path: str | None, flag: str, suffixes: tuple[str, ...] | N
         raise InputError(f"{flag} {path}: is a directory; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
+        existing = folder
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if os.path.exists(existing) and not os.path.isdir(existing):
+            raise InputError(f"{flag} {path}: {existing} is a file, not a folder")
         raise InputError(f"{flag} {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise InputError(f"{flag} {path}: not writable")
