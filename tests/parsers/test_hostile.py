@@ -82,7 +82,8 @@ def test_huge_constants_are_refused_before_they_are_computed(case, tmp_path, cap
         nodes += [helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0, name="sum"),
                   helper.make_node("Cast", ["total"], ["total_f"], to=TensorProto.FLOAT, name="cast"),
                   helper.make_node("Add", ["x", "total_f"], ["y"], name="use")]
-    path = save(tmp_path, nodes, [x], [value("y", ["batch", F])])
+    output = value("y", ["one", "long", F] if case == "expand_input" else ["batch", F])  # its result is 3-D
+    path = save(tmp_path, nodes, [x], [output])
     refused(path, UnsupportedOperator, "at node 'grow'", "max_elements", capsys=capsys)
 
 
