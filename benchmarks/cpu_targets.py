@@ -3,6 +3,7 @@ included), for this tree and optionally an older checkout in the same run:
 
     python -m benchmarks.cpu_targets --out benchmarks/results/cpu_targets.json \
         [--before /path/to/older/checkout]        # e.g. `git worktree add /tmp/base 86c1f5d`
+        [--repeats 3] [--only popqorn_rnn,digits]   # a subset: figures whose name starts so
 
   * `popqorn --help` and `popqorn inspect` of a shipped model (target <= 0.5 s);
   * one bound call of an LSTM with H=64, T=16, 28 features (target <= 1 s);
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,20 @@ for _ in range(3):
     with torch.no_grad():
         margin_lower_bounds(graph, batch, eps, ThreatModel(2.0, "frame"), spec, relaxer_for(sys.argv[2]), graph.outputs[0].node)
     times.append(time.perf_counter() - start)
+print(min(times))
+"""
+
+
+IN_PROCESS = """
+import contextlib, io, sys, time
+from verifier.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    main(sys.argv[1:])
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        main(sys.argv[1:])
+        times.append(time.perf_counter() - start)
 print(min(times))
 """
 
@@ -99,6 +115,19 @@ def _bound_call(trees: dict[str, Path], model: Path, method: str, dtype: str) ->
     return {name: {"best_of_6_s": value} for name, value in best.items()}
 
 
+def _in_process(trees: dict[str, Path], args: list[str]) -> dict[str, dict]:
+    """A CLI command's own work without start-up: best of 3 after a warm-up run in one interpreter,
+    twice per tree in alternating order."""
+    best: dict[str, float] = {}
+    for name in [*trees, *reversed(trees)]:
+        done = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], env=_env(trees[name]), cwd=trees[name],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            return {name: {"error": (done.stderr.strip().splitlines() or ["?"])[-1]} for name in trees}
+        best[name] = min(best.get(name, float("inf")), float(done.stdout.strip().splitlines()[-1]))
+    return {name: {"best_of_6_s": value} for name, value in best.items()}
+
+
 def _models(folder: Path) -> dict[str, Path]:
     """The RNN shaped like POPQORN's (trained briefly on sequence-MNIST) and a random LSTM H=64 T=16."""
     sys.path.insert(0, str(ROOT / "models_onnx"))
@@ -121,31 +150,36 @@ def _models(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def measure(trees: dict[str, Path], paths: dict[str, Path], repeats: int) -> dict[str, dict]:
+def measure(trees: dict[str, Path], paths: dict[str, Path], repeats: int, only: list[str] | None = None
+            ) -> dict[str, dict]:
+    """Every figure, or those whose name starts with one of `only`."""
     digits = ROOT / "models_onnx" / "digits_lstm_t8_h16.onnx"
     rnn_samples = paths["rnn"].with_suffix(".samples.npz")
     out: dict[str, dict] = {name: {"tree": str(tree), "methods": "defaults of that tree (crown, float64)"}
                             for name, tree in trees.items()}
 
-    def record(key: str, results: dict[str, dict]) -> None:
-        for name, result in results.items():
-            out[name][key] = result
+    def record(key: str, measured: Callable[[], dict[str, dict]]) -> None:
+        if only is None or any(key.startswith(prefix) for prefix in only):
+            for name, result in measured().items():
+                out[name][key] = result
 
-    record("help", _timed(trees, ["--help"], repeats))
-    record("inspect", _timed(trees, ["inspect", str(ROOT / "models_onnx" / "mnist_lstm_t4_h32.onnx")], repeats))
+    record("help", lambda: _timed(trees, ["--help"], repeats))
+    record("inspect", lambda: _timed(trees, ["inspect", str(ROOT / "models_onnx" / "mnist_lstm_t4_h32.onnx")], repeats))
     for method in ("crown", "popqorn"):
         for dtype in ("float32", "float64"):
-            record(f"lstm_h64_t16_bound_call_{method}_{dtype}", _bound_call(trees, paths["lstm"], method, dtype))
+            record(f"lstm_h64_t16_bound_call_{method}_{dtype}",
+                   lambda m=method, d=dtype: _bound_call(trees, paths["lstm"], m, d))
     certify = ["certify", str(digits), "--input", str(digits.with_suffix(".samples.npz")), "--limit", "5",
                "--norm", "inf", "--ball", "sequence", "--no-progress"]
-    record("digits_lstm_5_linf_sequence", _timed(trees, certify, repeats))
-    record("digits_lstm_5_linf_sequence_alpha", _timed(trees, [*certify, "--method", "alpha"], repeats))
+    record("digits_lstm_5_linf_sequence", lambda: _timed(trees, certify, repeats))
+    record("digits_lstm_5_linf_sequence_alpha", lambda: _timed(trees, [*certify, "--method", "alpha"], repeats))
     # the mode that certifies beyond alpha-CROWN (README), at its 20-step default
     record("digits_lstm_5_linf_sequence_alpha_per_row",
-           _timed(trees, [*certify, "--method", "alpha", "--optimize-intermediate", "per-row"], repeats))
+           lambda: _timed(trees, [*certify, "--method", "alpha", "--optimize-intermediate", "per-row"], repeats))
     for norm in ("2", "inf"):
         rnn = ["certify", str(paths["rnn"]), "--input", str(rnn_samples), "--norm", norm, "--no-progress"]
-        record(f"popqorn_rnn_10_l{norm}_frame", _timed(trees, rnn, repeats))
+        record(f"popqorn_rnn_10_l{norm}_frame", lambda r=rnn: _timed(trees, r, repeats))
+        record(f"popqorn_rnn_10_l{norm}_frame_in_process", lambda r=rnn: _in_process(trees, r))
     return out
 
 
@@ -153,6 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", help="an older checkout to measure in the same run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated name prefixes of the figures to measure (e.g. popqorn_rnn)")
     parser.add_argument("--out")
     args = parser.parse_args()
     report = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "load_before": os.getloadavg(),
@@ -160,7 +195,7 @@ def main() -> None:
     trees = {"after": ROOT, **({"before": Path(args.before)} if args.before else {})}
     with tempfile.TemporaryDirectory() as folder:
         paths = _models(Path(folder))
-        report.update(measure(trees, paths, args.repeats))
+        report.update(measure(trees, paths, args.repeats, args.only.split(",") if args.only else None))
     report["load_after"] = os.getloadavg()
     text = json.dumps(report, indent=1)
     if args.out:
