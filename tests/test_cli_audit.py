@@ -7,6 +7,7 @@ One Ray session (2 CPUs) serves the whole module: starting Ray costs seconds on 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,22 @@ def test_graph_that_cannot_travel_is_audited_here(reference, tmp_path, monkeypat
     assert "cannot be sent to Ray workers (TypeError: cannot pickle)" in printed.err
     report = json.loads(printed.out)
     assert report["run"]["backend"] == "in-process" and without_time(report["samples"]) == reference
+
+
+def test_journal_on_a_device_or_a_full_disk_is_a_user_error(tmp_path, monkeypatch):
+    """Not an endless read of /dev/full's zeros, not an internal error when a write fails."""
+    with pytest.raises(InputError, match="not a regular file"):
+        Journal.open("/dev/full", {"model": "m"})
+    journal = Journal.open(str(tmp_path / "audit.jsonl"), {"model": "m"})
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(InputError, match="cannot write the audit journal .*No space left on device"):
+        journal.append([{"index": 0, "radius": 0.5}])
+    monkeypatch.undo()
+    journal.close()
 
 
 def test_torn_last_line_is_dropped_and_redone(tmp_path):

@@ -211,6 +211,7 @@ def certify(graph: ir.Graph, x: np.ndarray | dict[str, np.ndarray], norm: float 
     `misclassified=True`. With `per_frame`, also the radius when only frame t is perturbed, for all t,
     computed in the same batched search."""
     started = time.perf_counter()
+    ir.require_graph(graph, "certify")
     threat = ThreatModel.of(threat, norm=norm, ball=ball, frames=frames, domain=domain)
     options = _search_options(options)
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer))):

@@ -171,6 +171,7 @@ def test_radii_do_not_depend_on_the_batch(lstm, samples):
     (lambda g, x: verifier.bound_outputs(g, x, 0.1, 2, threat=ThreatModel(math.inf)), "threat says 'inf'"),
     (lambda g, x: certify(g, x, domain=(0, 1), threat=ThreatModel(2.0)), "domain="),
     (lambda g, x: certify(g, x, frames=[True]), "frames must be integers"),
+    (lambda g, x: certify(None, x), "certify takes the verifier.ir.Graph"),
 ])
 def test_api_refuses_bad_arguments_by_name(lstm, samples, call, message):
     """The Python API's mistakes are InputErrors naming the argument, never a TypeError from deep

@@ -59,6 +59,9 @@ class Journal:
         read what is there (refusing another audit's file) or start it with a header line."""
         if os.path.isdir(path):
             raise InputError(f"--out {path} is a folder; give a file name such as audit.jsonl")
+        if os.path.exists(path) and not os.path.isfile(path):  # /dev/full reads zeros forever
+            raise InputError(f"--out {path} is not a regular file (a device, pipe or socket); give a file name "
+                             f"such as audit.jsonl")
         journal = cls(path, json.loads(json.dumps(config)))  # as it reads back: tuples become lists
         try:
             journal._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -89,9 +92,12 @@ class Journal:
 
     def _write(self, entries: list[dict]) -> None:
         data = memoryview("".join(json.dumps(entry) + "\n" for entry in entries).encode())
-        while data:
-            data = data[os.write(self._fd, data):]
-        os.fsync(self._fd)
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+            os.fsync(self._fd)
+        except OSError as exc:  # a full disk, a device that refuses writes: the user's to fix
+            raise InputError(f"cannot write the audit journal {self.path}: {exc.strerror or exc}") from None
 
     def _read(self) -> None:
         with open(self.path, "rb") as handle:
