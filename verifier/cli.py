@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import os
 import sys
@@ -182,7 +183,9 @@ def entry() -> None:
     """The `popqorn` console script: main(), then a fast exit. Tearing down an interpreter that
     imported torch takes about 0.5 s (module finalisers), a quarter of a short run; every output
     is written and closed by then, so once the streams are flushed the process ends at once.
-    Ray's atexit shutdown is still needed where Ray was imported, so those runs exit normally."""
+    Ray's atexit shutdown is still needed where Ray was imported, so those runs exit normally.
+    The cyclic garbage collector is off until the model is loaded (options.startup_finished)."""
+    gc.disable()
     code = main()
     if "ray" in sys.modules:
         sys.exit(code)

@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = command_start_time()
+    options.startup_finished()  # models are read per instance, here or in workers: no start-up to defer
     timeout = None if args.timeout is None else options.parse_float(args.timeout, "--timeout")
     if args.max_boxes < 1 or args.max_cases < 1:
         raise InputError("--max-boxes and --max-cases must be at least 1")
