@@ -90,10 +90,9 @@ def parse_activations(node, attrs: dict, op: str, directions: int, ctx: Context)
     per_direction = len(DEFAULT_ACTIVATIONS[op])
     explicit = {a.name for a in node.attribute}
     names = (attrs.get("activations") if "activations" in explicit else None) or DEFAULT_ACTIVATIONS[op] * directions
-    if len(names) == per_direction and directions == 2:
-        names = list(names) * 2
-    if len(names) != per_direction * directions:
-        raise ctx.unsupported(node, f"expected {per_direction * directions} activations, got {len(names)}")
+    if len(names) != per_direction * directions:  # the spec's count; onnxruntime refuses others too
+        raise ctx.unsupported(node, f"expected {per_direction * directions} activations "
+                                    f"({per_direction} per direction, {directions} direction(s)), got {len(names)}")
     alphas, betas = list(attrs.get("activation_alpha") or []), list(attrs.get("activation_beta") or [])
     parsed = []
     for name in names:
