@@ -243,6 +243,25 @@ def test_resume_refuses_another_model_under_the_same_name(model, capsys, tmp_pat
     assert code == InputError.exit_code and "'steps': 2" in err  # other optimisation settings
 
 
+def test_bounds_beyond_float32_are_flagged(capsys, tmp_path):
+    """Outputs past float32's range: a float32 file computes inf there while the exact (float64)
+    bounds are finite; `bounds` says so, as `certify` does, in its warning and JSON."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full((3, 2), 1e30, np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"], axis=1),
+                               helper.make_node("MatMul", ["f", "w"], ["y"])], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "big.onnx")
+    np.save(tmp_path / "x.npy", np.array([[[1e9, 1e9, 1e9]], [[1, 1, 1]]], np.float32))
+    code, out, err = run(capsys, "bounds", tmp_path / "big.onnx", "--input", tmp_path / "x.npy", "--eps", "0.1", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["beyond_float32"] == [0] and "samples [0]: bounds beyond float32's range" in err
+    assert report["lower"][0][0] == pytest.approx(3e39, rel=1e-6)
+
+
 def test_threads_flag(model, capsys):
     import torch
     folder, path = model

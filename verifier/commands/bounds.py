@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
 
 from verifier.commands import options
 from verifier.errors import InputError
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
     graph = samples.graph or graph
     out = output_node(graph, output)
     per_sample_lower, per_sample_upper = _per_sample(lower, out.batch_axis), _per_sample(upper, out.batch_axis)
+    beyond = [samples.first_index + k for k, (lo, up) in enumerate(zip(per_sample_lower, per_sample_upper))
+              if max(np.abs(lo).max(initial=0), np.abs(up).max(initial=0)) > FLOAT32_MAX]
+    if beyond:
+        print(f"popqorn: warning: samples {beyond}: bounds beyond float32's range (up to "
+              f"{max(np.abs(lower).max(), np.abs(upper).max()):.3g}); a float32 file computes inf or NaN for such "
+              f"points, so the bounds hold for the exact computation, not for the file run in float32", file=sys.stderr)
     if args.json:
         print(json.dumps({
             "model": args.model, "output": out.onnx_name, "eps": eps, **options.describe_threat(threat),
@@ -50,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             "samples": [samples.first_index + k for k in range(len(per_sample_lower))],
             "lower": [row.reshape(-1).tolist() for row in per_sample_lower],
             "upper": [row.reshape(-1).tolist() for row in per_sample_upper],
-            "time_s": elapsed}))
+            "time_s": elapsed, **({"beyond_float32": beyond} if beyond else {})}))
         return 0
     note = f" (bounds on the logits: {out.postprocess.value} dropped)" if out.postprocess else ""
     print(f"output {out.onnx_name!r}{note}; eps={eps:g} norm={threat.norm:g} ball={threat.ball} "
