@@ -39,6 +39,9 @@ class Context:
         self.prefix = ""
         self.scope_prefix = ""  # e.g. "loop0/iter3/" while a loop body is unrolled
         self._counters: dict[str, int] = {}
+        # what some symbolic values are known to be, for formulas spread over several ops:
+        # IR node -> ("abs", x) or ("one_plus_abs", x) (PyTorch writes softsign as x / (1 + |x|))
+        self.derived: dict[str, tuple[str, Sym]] = {}
 
     # -- values ----------------------------------------------------------------------
     def lookup(self, name: str) -> Value:

@@ -69,7 +69,11 @@ def add(node, inputs, ctx):
     if isinstance(a, Sym) and isinstance(b, Sym):
         return [Sym(ctx.builder.add([a.node, b.node], ctx.prefix), shape, batch)]
     x, c = (a, b) if isinstance(a, Sym) else (b, a)
-    return [_scale_shift(ctx, x, 1.0, c, shape, batch, "add")]
+    out = _scale_shift(ctx, x, 1.0, c, shape, batch, "add")
+    known = ctx.derived.get(x.node)
+    if isinstance(out, Sym) and known and known[0] == "abs" and np.all(c == 1.0):
+        ctx.derived[out.node] = ("one_plus_abs", known[1])
+    return [out]
 
 
 @converter("Sub", since=1)
@@ -94,7 +98,12 @@ def mul(node, inputs, ctx):
 
 @converter("Div", since=1)
 def div(node, inputs, ctx):
-    inputs = [inputs[0], ctx.constant(node, inputs[1], "the divisor")]
+    x, divisor = inputs
+    if isinstance(x, Sym) and isinstance(divisor, Sym):
+        known = ctx.derived.get(divisor.node)
+        if known and known[0] == "one_plus_abs" and known[1].node == x.node and divisor.shape == x.shape:
+            return [apply_activation(ctx, x, ActivationFn(Act.SOFTSIGN))]  # x / (1 + |x|): PyTorch's softsign
+    inputs = [x, ctx.constant(node, divisor, "the divisor")]
     a, b, shape, batch = prepare_binary(ctx, *inputs)
     with np.errstate(divide="ignore", over="ignore"):
         reciprocal = 1.0 / np.asarray(b, dtype=np.float64)
@@ -102,6 +111,19 @@ def div(node, inputs, ctx):
         raise ctx.unsupported(node, "the divisor holds 0 (or values so small that 1/b overflows): the result is "
                                     "infinite or NaN")
     return [_scale_shift(ctx, a, reciprocal, 0.0, shape, batch, "div")]
+
+
+@converter("Abs", since=1)
+def abs_(node, inputs, ctx):
+    """|x| = relu(x) + relu(-x), exactly; the two ReLUs' upper chords add up to |x|'s own chord.
+    Remembered as |x|, so that x / (1 + |x|) (how PyTorch exports softsign) becomes one Softsign."""
+    x = inputs[0]
+    positive = apply_activation(ctx, x, ActivationFn(Act.RELU), "/positive")
+    flipped = _scale_shift(ctx, x, -1.0, 0.0, x.shape, x.batch_axis, "flip")
+    negative = apply_activation(ctx, flipped, ActivationFn(Act.RELU), "/negative")
+    out = Sym(ctx.builder.add([positive.node, negative.node], ctx.prefix), x.shape, x.batch_axis)
+    ctx.derived[out.node] = ("abs", x)
+    return [out]
 
 
 @converter("Neg", since=1)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import parsers
+import verifier
 from tests.verifier import models
 from tests.verifier.sampling import gradient_deltas, random_deltas
 from verifier.bounds import bound_outputs, perturbed_input
@@ -150,3 +151,38 @@ def test_windows_of_the_input_are_bounded_soundly(tmp_path, windows, norm):
     lower, upper = bound_outputs(graph, x, 0.0, norm, "frame", method="crown", dtype=torch.float64)
     exact = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(lower - exact).max() < 1e-5 and np.abs(upper - exact).max() < 1e-5
+
+
+class _SoftsignAbsLoop(torch.nn.Module):
+    """h_t = softsign(W x_t + U h_{t-1}) written as PyTorch exports it (x / (1 + |x|)), and a head
+    on |h_T| (a standalone Abs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Linear(models.FEATURES, models.HIDDEN)
+        self.u = torch.nn.Linear(models.HIDDEN, models.HIDDEN, bias=False)
+        self.head = torch.nn.Linear(models.HIDDEN, models.CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(x.shape[0], models.HIDDEN)
+        for t in range(x.shape[1]):
+            h = torch.nn.functional.softsign(self.w(x[:, t]) + self.u(h))
+        return self.head(torch.abs(h - 0.1))
+
+
+def test_pytorch_softsign_and_abs_are_converted_and_bounded_soundly(tmp_path):
+    """x / (1 + |x|) becomes one Softsign activation (no ReLU left over from its |x|); a standalone
+    |x| is relu(x) + relu(-x). Both match onnxruntime and their bounds hold on sampled points."""
+    from verifier import ir
+
+    path = models.export_torch(_SoftsignAbsLoop(), tmp_path / "softsign.onnx")
+    graph = parsers.load_onnx(path)
+    kinds = [n.fn.kind for n in graph.nodes if isinstance(n, ir.Activation)]
+    assert kinds.count(ir.Act.SOFTSIGN) == models.STEPS and kinds.count(ir.Act.RELU) == 2, kinds
+    x = np.random.default_rng(2).uniform(-1, 1, (3, models.STEPS, models.FEATURES)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"x": x})
+    assert np.abs(verifier.evaluate(graph, {"x": x})[0] - expected).max() < 1e-5
+    for threat in (ThreatModel(2.0, "frame"), ThreatModel(math.inf, "sequence"), ThreatModel(1.0, "sequence")):
+        worst, width = _check(path, threat, "crown", 0.3, count=800)
+        assert worst <= TOLERANCE and width > 0.01, (threat, worst)

@@ -11,7 +11,7 @@ from tests.parsers.ops.node_check import check_node, sample, save_node
 from verifier import ir
 from verifier.errors import UnsupportedOperator
 
-COVERED = {"Add", "Sub", "Mul", "Div", "Neg", "Sum", "Sigmoid", "Tanh", "Relu", "Softplus", "Softsign", "LeakyRelu",
+COVERED = {"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Sum", "Sigmoid", "Tanh", "Relu", "Softplus", "Softsign", "LeakyRelu",
            "Elu", "ThresholdedRelu", "HardSigmoid", "Clip", "Max", "Min"}
 
 
@@ -42,6 +42,25 @@ def test_div_by_an_input_dependent_value_is_refused(tmp_path):
 
 def test_neg(tmp_path):
     check_node(tmp_path, helper.make_node("Neg", ["x"], ["z"]), {"x": sample(3, 4)})
+
+
+def test_abs_and_the_softsign_pytorch_writes(tmp_path):
+    """|x| converts exactly (relu(x) + relu(-x)); x / (1 + |x|) is one Softsign, and a quotient that
+    only looks like it (another numerator, another constant) is still refused."""
+    x = {"x": sample(3, 4, low=-3, high=3)}
+    check_node(tmp_path, helper.make_node("Abs", ["x"], ["z"]), x)
+    one = {"one": np.ones(1, np.float32)}
+    spelled = (helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Add", ["one", "a"], ["d"]))
+    check_node(tmp_path, helper.make_node("Div", ["x", "d"], ["z"]), x, one, extra_nodes=spelled)
+    graph = parsers.load_onnx(save_node(tmp_path, helper.make_node("Div", ["x", "d"], ["z"]), x, one,
+                                        extra_nodes=spelled))
+    assert [n.fn.kind for n in graph.nodes if isinstance(n, ir.Activation)] == [ir.Act.SOFTSIGN]
+    two = {"one": np.full(1, 2.0, np.float32)}
+    with pytest.raises(UnsupportedOperator, match="divisor must be a constant"):
+        parsers.load_onnx(save_node(tmp_path, helper.make_node("Div", ["x", "d"], ["z"]), x, two, extra_nodes=spelled))
+    other = (*spelled, helper.make_node("Neg", ["x"], ["n"]))
+    with pytest.raises(UnsupportedOperator, match="divisor must be a constant"):
+        parsers.load_onnx(save_node(tmp_path, helper.make_node("Div", ["n", "d"], ["z"]), x, one, extra_nodes=other))
 
 
 def test_sum_of_inputs_and_constants(tmp_path):
