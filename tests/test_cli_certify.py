@@ -262,6 +262,13 @@ def test_bounds_beyond_float32_are_flagged(capsys, tmp_path):
     assert report["lower"][0][0] == pytest.approx(3e39, rel=1e-6)
 
 
+def test_alpha_reports_the_float64_it_computes_in(model, capsys):
+    folder, path = model
+    code, out, err = run(capsys, "certify", path, "--input", folder / "x.npy", "--limit", "1", "--method", "alpha",
+                         "--optimize-steps", "1", "--dtype", "float32", "--json")
+    assert code == 0 and json.loads(out)["dtype"] == "float64" and "--dtype float32 is ignored" in err
+
+
 def test_threads_flag(model, capsys):
     import torch
     folder, path = model

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from verifier.distributed.worker import AuditJob, Shard
 
     threads = options.threads_from(args)  # per worker; default 1
+    options.dtype_for_method(args)
     for flag, value, least in (("--workers", args.workers, 1), ("--batch-size", args.batch_size, 1),
                                ("--gpus-per-worker", args.gpus_per_worker, 0)):
         if value < least:

@@ -239,7 +239,16 @@ def engine_from(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     """Device and dtype of the engine; also applies --threads (every engine command calls this first)."""
     import torch
     apply_threads(args)
+    dtype_for_method(args)
     return device_from(args), getattr(torch, args.dtype)
+
+
+def dtype_for_method(args: argparse.Namespace) -> None:
+    """The optimised mode always computes in float64 (its relaxations are differentiated there): a
+    --dtype float32 request is said to be overridden, and reports and journals say float64."""
+    if getattr(args, "method", None) == "alpha" and getattr(args, "dtype", "float64") == "float32":
+        print("popqorn: warning: --method alpha computes in float64; --dtype float32 is ignored", file=sys.stderr)
+        args.dtype = "float64"
 
 
 def output_from(args: argparse.Namespace) -> int | str:
