@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from verifier.vnnlib.deadline import Deadline
 from verifier.vnnlib.sexpr import error, fold
 
-NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", re.ASCII)
+NOT_FINITE = re.compile(r"[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
 COMPARISONS = {"<=", ">=", "<", ">", "=", "==", "!="}
 CONNECTIVES = {"and", "or"}
 ARITHMETIC = {"+", "-", "*", "/"}
@@ -54,16 +55,19 @@ FALSE = Formula("false", None, 0, 0, 0)
 
 
 def parse_number(text: str, source: str, line: int) -> float | None:
-    """The finite value of a numeric literal; None when `text` is no number at all."""
-    if NUMBER.fullmatch(text):
-        value = float(text)
-    else:
-        try:
-            value = float(text)  # accepts nan, inf, infinity: refused below
-        except ValueError:
-            return None
+    """The finite value of a numeric literal; None when `text` is no number at all. Only ASCII
+    decimal literals are numbers (Python's float() also reads 1_000 and non-ASCII digits, which no
+    VNN-LIB writer means). A nonzero literal that rounds to zero is refused: (< Y_0 1e-400) read
+    as (< Y_0 0) would drop the outputs Y_0 = 0 from the unsafe set."""
+    if NOT_FINITE.fullmatch(text):
+        raise error(source, line, f"constant {text!r} is not a finite number")
+    if not NUMBER.fullmatch(text):
+        return None
+    value = float(text)
     if not math.isfinite(value):
         raise error(source, line, f"constant {text!r} is not a finite number")
+    if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):
+        raise error(source, line, f"constant {text!r} underflows to zero in float64")
     return value
 
 
@@ -105,11 +109,17 @@ def linear(expression: tuple, resolve: Resolver, source: str, deadline: Deadline
                 raise error(source, line, "division by zero")
             x, y, c = parts[0]
             d = parts[1][2]
-            return {k: v / d for k, v in x.items()}, {k: v / d for k, v in y.items()}, c / d
+            quotient = {k: v / d for k, v in x.items()}, {k: v / d for k, v in y.items()}, c / d
+            return _no_underflow(parts[0], quotient, source, line)
         if len(variables) > 1:
             raise error(source, line, "product of two variables is not linear")
         factor = math.prod(constants)
-        return _scale(variables[0], factor) if variables else ({}, {}, factor)
+        if factor == 0 and all(constants):
+            raise error(source, line, "a product of nonzero constants underflows to zero in float64")
+        if not variables:
+            return {}, {}, factor
+        scaled = _scale(variables[0], factor)
+        return _no_underflow(variables[0], scaled, source, line) if factor != 0 else scaled
 
     if not isinstance(expression[0], list):  # a number or a variable: no tree to walk
         return combine(expression, [])
@@ -119,6 +129,19 @@ def linear(expression: tuple, resolve: Resolver, source: str, deadline: Deadline
 def _scale(part: tuple[dict, dict, float], factor: float) -> tuple[dict, dict, float]:
     x, y, c = part
     return {k: factor * v for k, v in x.items()}, {k: factor * v for k, v in y.items()}, factor * c
+
+
+def _no_underflow(before: tuple[dict, dict, float], after: tuple[dict, dict, float], source: str,
+                  line: int) -> tuple[dict, dict, float]:
+    """A nonzero coefficient or constant that a product or quotient rounds to zero changes the
+    constraint: (< (* 1e-200 (* 1e-200 Y_0)) 0) would read as the constant 0 < 0, false, and make
+    the property vacuously unsat although Y_0 < 0 may be reachable. Refused instead."""
+    for old, new in ((before[0], after[0]), (before[1], after[1])):
+        if any(v != 0 and new[k] == 0 for k, v in old.items()):
+            raise error(source, line, "a coefficient underflows to zero in float64")
+    if before[2] != 0 and after[2] == 0:
+        raise error(source, line, "a constant underflows to zero in float64")
+    return after
 
 
 def _sum(parts: list) -> tuple[dict, dict, float]:

@@ -142,20 +142,24 @@ def read_instances(path: Path, default_timeout: float | None) -> list[tuple[Path
     if not path.is_file():
         raise InputError(f"instance list not found: {path}")
     rows = []
-    with open(path, newline="") as handle:
-        for number, row in enumerate(csv.reader(handle), 1):
-            cells = [cell.strip() for cell in row]
-            if not any(cells) or cells[0].startswith("#"):
-                continue
-            if len(cells) < 2 or len(cells) > 3 or (len(cells) == 2 and default_timeout is None):
-                raise InputError(f"{path}:{number}: expected onnx,vnnlib,timeout")
-            try:
-                timeout = float(cells[2]) if len(cells) == 3 and cells[2] else default_timeout
-            except ValueError:
-                raise InputError(f"{path}:{number}: timeout {cells[2]!r} is not a number") from None
-            if timeout is None or not 0 < timeout < 1e7:
-                raise InputError(f"{path}:{number}: timeout must be a positive number of seconds")
-            rows.append((path.parent / cells[0], path.parent / cells[1], timeout))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a Windows byte order mark is no path
+            lines = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read instance list {path}: {type(exc).__name__}: {exc}") from None
+    for number, row in enumerate(lines, 1):
+        cells = [cell.strip() for cell in row]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        if len(cells) < 2 or len(cells) > 3 or (len(cells) == 2 and default_timeout is None):
+            raise InputError(f"{path}:{number}: expected onnx,vnnlib,timeout")
+        try:
+            timeout = float(cells[2]) if len(cells) == 3 and cells[2] else default_timeout
+        except ValueError:
+            raise InputError(f"{path}:{number}: timeout {cells[2]!r} is not a number") from None
+        if timeout is None or not 0 < timeout < 1e7:
+            raise InputError(f"{path}:{number}: timeout must be a positive number of seconds")
+        rows.append((path.parent / cells[0], path.parent / cells[1], timeout))
     if not rows:
         raise InputError(f"{path}: no instances")
     return rows

@@ -65,6 +65,19 @@ def _bind_shape(node: ir.Input, prop: Property) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def output_index(graph: ir.Graph, prop: Property) -> int:
+    """Which model output the property's Y is: the one its 2.0 declaration names, else the first.
+    A name no output has is refused when the model has several outputs (checking the wrong one
+    silently would answer another question); with one output it is taken (exporters rename
+    outputs: tf2onnx calls PyTorch's 'logits' 'dense')."""
+    names = [o.onnx_name for o in graph.outputs]
+    if prop.output_name in names:
+        return names.index(prop.output_name)
+    if prop.output_name is not None and len(names) > 1:
+        raise InputError(f"the property's output is declared as {prop.output_name!r}; the model's outputs are {names}")
+    return 0
+
+
 BOX_LIMIT = float(np.sqrt(np.finfo(np.float64).max))  # beyond it, widths and products of bounds overflow
 
 
@@ -74,7 +87,7 @@ def check_instance(graph: ir.Graph, prop: Property) -> None:
     names = [o.onnx_name for o in graph.outputs]
     if not names:
         raise InputError("the model has no outputs to check the property against")
-    out = graph.outputs[names.index(prop.output_name) if prop.output_name in names else 0]
+    out = graph.outputs[output_index(graph, prop)]
     if prop.outputs != out.size:
         raise InputError(f"the property declares {prop.outputs} outputs; the model's output "
                          f"{out.onnx_name!r} has {out.size} elements")

@@ -27,12 +27,12 @@ from verifier.vnnlib.deadline import Deadline
 from verifier.vnnlib.sexpr import error, expressions
 from verifier.vnnlib.spec import Case, Property
 
-SYMBOL_V1 = re.compile(r"([XY])_(\d+)")
+SYMBOL_V1 = re.compile(r"([XY])_(\d+)", re.ASCII)
 ELEMENT_V2 = re.compile(r"([A-Za-z_][\w.]*)\s*(?:\[([^\]]*)\])?")
 SHAPE = re.compile(r"\[\s*((?:\d+\s*(?:,\s*\d+\s*)*)?)\]")
 NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-FAST_V1 = re.compile(rf"\s*\(\s*assert\s*\(\s*(<=|>=)\s+([XY])_(\d+)\s+({NUM})\s*\)\s*\)\s*(?:;.*)?")
-FAST_V2 = re.compile(rf"\s*\(\s*assert\s*\(\s*(<=|>=)\s+([A-Za-z_][\w.]*)\s*\[([\d,\s]+)\]\s+({NUM})\s*\)\s*\)\s*(?:;.*)?")
+FAST_V1 = re.compile(rf"\s*\(\s*assert\s*\(\s*(<=|>=)\s+([XY])_(\d+)\s+({NUM})\s*\)\s*\)\s*(?:;.*)?", re.ASCII)
+FAST_V2 = re.compile(rf"\s*\(\s*assert\s*\(\s*(<=|>=)\s+([A-Za-z_][\w.]*)\s*\[([\d,\s]+)\]\s+({NUM})\s*\)\s*\)\s*(?:;.*)?", re.ASCII)
 FLOAT_TYPES = {"real", "float16", "float32", "float64", "bfloat16", "float8e4m3fn", "float8e5m2", "float8e4m3fnuz",
                "float8e5m2fnuz", "float4e2m1"}
 IGNORED_V1 = {"set-logic", "set-info", "set-option", "check-sat", "get-model", "exit"}
@@ -201,8 +201,8 @@ class Reader:
             return False
         operator, name, index_text, number_text = match.groups()
         value = float(number_text)
-        if not math.isfinite(value):
-            return False
+        if not math.isfinite(value) or value == 0 and re.search(r"[1-9]", re.split(r"[eE]", number_text)[0]):
+            return False  # the general path refuses it, naming the line
         if self.version == "1.0":
             kind, index = name, int(index_text)
             if index not in self.declared_v1[kind]:
@@ -282,6 +282,7 @@ class Reader:
             base_rows = (np.concatenate([base_rows[0], simple]), np.concatenate([base_rows[1], bound]),
                          np.concatenate([base_rows[2], np.zeros(len(index), dtype=bool)]))
         base_box_empty = (base_lower > base_upper).any() or ((base_lower == base_upper) & (lower_open | upper_open)).any()
+        base_finite = bool(np.isfinite(base_lower).all() and np.isfinite(base_upper).all())
         cases: dict[bytes, Case] = {}
         for number, term in enumerate(terms):
             if number % 1024 == 0:
@@ -311,7 +312,7 @@ class Reader:
                     flags[index] |= atom.strict
             if with_inputs and ((lower > upper).any() or ((lower == upper) & (low_open | up_open)).any()):
                 continue  # an empty box
-            if (with_inputs or not cases) and not (np.isfinite(lower).all() and np.isfinite(upper).all()):
+            if (with_inputs or not base_finite) and not (np.isfinite(lower).all() and np.isfinite(upper).all()):
                 missing = np.flatnonzero(~(np.isfinite(lower) & np.isfinite(upper)))[:5].tolist()
                 declared = "" if input_shape is None else f" of the declared input shape {list(input_shape)}"
                 raise InputError(f"{self.source}: inputs {missing} (flat indices{declared}) have no lower or "
@@ -354,7 +355,7 @@ class Reader:
 def parse_text(text: str, source: str = "<property>", deadline: Deadline | None = None,
                max_terms: int = MAX_TERMS, max_atoms: int = MAX_ATOMS) -> Property:
     """Read a property given as text (either syntax)."""
-    return Reader(source, deadline or Deadline(None), max_terms, max_atoms).read(text.splitlines())
+    return Reader(source, deadline or Deadline(None), max_terms, max_atoms).read(text.removeprefix("\ufeff").splitlines())
 
 
 def parse_v1(text: str, source: str = "<property>") -> Property:

@@ -37,7 +37,11 @@ def expressions(lines: Iterable[str], source: str, deadline: Deadline,
             deadline.check()
         if not stack and top_level_line is not None and top_level_line(text, number):
             continue
-        for token in TOKEN.findall(text):
+        position = 0
+        for match in TOKEN.finditer(text):
+            _no_stray(text, position, match.start(), source, number)
+            position = match.end()
+            token = match.group()
             if token == ";":
                 break  # comment to the end of the line
             if token == "(":
@@ -54,8 +58,17 @@ def expressions(lines: Iterable[str], source: str, deadline: Deadline,
                 stack[-1][0].append((token, number))
             else:
                 raise error(source, number, f"{token!r} outside any command")
+        else:
+            _no_stray(text, position, len(text), source, number)
     if stack:
         raise error(source, stack[-1][1], "unbalanced parentheses: '(' never closed")
+
+
+def _no_stray(text: str, start: int, end: int, source: str, line: int) -> None:
+    """Characters no token takes (a lone quote or bracket) are an error, not skipped: skipping
+    them would give a malformed file a meaning its author never wrote."""
+    if start < end and not text[start:end].isspace():
+        raise error(source, line, f"unexpected {text[start:end].strip()[:20]!r} (an unclosed quote or bracket?)")
 
 
 def fold(root: tuple, children: Callable[[tuple], list], combine: Callable[[tuple, list], object],

@@ -52,10 +52,11 @@ class Property:
 
 
 def _lines(path: Path):
-    """The file's lines, decompressing .gz, refusing more than MAX_PROPERTY_BYTES of text."""
+    """The file's lines, decompressing .gz, refusing more than MAX_PROPERTY_BYTES of text. A
+    leading UTF-8 byte order mark (Windows editors write one) is no part of the text."""
     opener = gzip.open if path.suffix == ".gz" else open
     total = 0
-    with opener(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None) as text:
+    with opener(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline=None) as text:
         while True:
             line = text.readline(MAX_PROPERTY_BYTES + 1 - total)
             if not line:
@@ -72,6 +73,8 @@ def read_property(path: str | Path, deadline=None, max_terms: int | None = None)
     from verifier.vnnlib.reader import MAX_TERMS, Reader
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"property file {path} is a folder, not a file")
     if not path.is_file():
         raise InputError(f"property file not found: {path}")
     reader = Reader(str(path), deadline or Deadline(None), max_terms or MAX_TERMS)
