@@ -229,3 +229,38 @@ def test_empty_unsafe_set_is_unsat_without_work(graph):
     text = declarations() + box_asserts(np.zeros(64), np.ones(64)) + "(assert (>= X_0 2.0))\n(assert (>= Y_0 Y_1))\n"
     answer = solve(graph, str(MODEL), parse_text(text), timeout=60)
     assert answer.status == "unsat" and answer.boxes == 0
+
+
+def test_a_point_box_at_onnxruntimes_own_output_is_sat(graph, sample):
+    """Y_j == y_j at the point where onnxruntime computes y_j: the exact (float64) bounds once
+    refuted some of these (the float32 file rounds differently) and answered unsat, although
+    onnxruntime itself puts the point in the unsafe set (vnnlib sweep: 20 such unsat answers)."""
+    x, _label = sample
+    y0 = run_model(MODEL, x).astype(np.float64)
+    for j in range(3):
+        body = f"(assert (<= Y_{j} {number(y0[j])}))\n(assert (>= Y_{j} {number(y0[j])}))\n"
+        answer = solve(graph, str(MODEL), parse_text(declarations() + box_asserts(x, x) + body), timeout=60)
+        assert answer.status == "sat" and np.array_equal(answer.x, x) and answer.y[j] == y0[j]
+
+
+def test_a_counterexample_is_confirmed_alone_as_a_checker_runs_it(graph):
+    """onnxruntime's last bits depend on the batch (1-2 ulp on an RNN between batch 1 and 2): a
+    point unsafe only inside a batch is no counterexample a checker would accept."""
+    from verifier.vnnlib.solve import Solver, _Box, _Rows
+
+    prop = parse_text(declarations() + box_asserts(np.zeros(64), np.ones(64)) + "(assert (<= Y_0 0.0))\n")
+
+    class BatchDependent:
+        def outputs(self, graph, feeds, out):
+            (x,) = feeds.values()
+            return np.full((len(x), 10), -1e-7 if len(x) > 1 else 1e-7)  # unsafe in a batch, safe alone
+
+    solver = Solver.__new__(Solver)
+    solver.prop, solver.graph, solver.node, solver.out = prop, graph, graph.inputs[0], graph.outputs[0]
+    solver.rows, solver.input_dtype, solver.model = [_Rows(prop.cases[0])], np.float32, BatchDependent()
+    solver.bounded, solver.spent = 0, {}
+    boxes = [_Box(np.zeros(64), np.ones(64), 0, np.ones(1, dtype=bool))] * 2
+    assert solver._confirm(np.full((2, 64), 0.5), boxes) is None
+    solver.model.outputs = lambda graph, feeds, out: np.full((len(next(iter(feeds.values()))), 10), -1e-7)
+    answer = solver._confirm(np.full((2, 64), 0.5), boxes)
+    assert answer.status == "sat" and answer.y[0] == -1e-7
