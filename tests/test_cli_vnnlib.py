@@ -141,3 +141,17 @@ def test_an_empty_input_set_is_unsat_with_a_note(tmp_path, capsys):
     code = main(["vnnlib", str(MODEL), str(empty), "--timeout", "60"])
     captured = capsys.readouterr()
     assert code == 0 and captured.out == "unsat\n" and "holds vacuously" in captured.err
+    assert "every input box is empty" in captured.err
+
+
+def test_a_constant_false_assert_is_named_not_called_an_empty_box(tmp_path, capsys):
+    """An output assert that can never hold ((<= 1 0)) empties the unsafe set; the note says which
+    line did it, not that the input boxes are empty (vnnlib sweep)."""
+    text = (FIXTURES / "digits_lstm_robust_v1.vnnlib").read_text().rstrip("\n") + "\n(assert (<= 1 0))\n"
+    false = tmp_path / "false.vnnlib"
+    false.write_text(text)
+    code = main(["vnnlib", str(MODEL), str(false), "--timeout", "60"])
+    captured = capsys.readouterr()
+    line = len(text.splitlines())
+    assert code == 0 and captured.out == "unsat\n" and "holds vacuously" in captured.err
+    assert f"an assert on line {line} is always false" in captured.err and "input box" not in captured.err

@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace, reply: dict, started: float) -> int:
     write_result(args.out, result_text(reply))
     if reply.get("reason") and not args.json:  # stdout keeps VNN-COMP's one-word format
-        print(f"popqorn: note: {reply['reason']} (every input box is empty): the answer holds vacuously"
-              if "empty" in reply["reason"] else f"popqorn: note: {reply['reason']}", file=sys.stderr)
+        vacuous = reply["reason"].startswith("the property's unsafe set is empty")
+        print(f"popqorn: note: {reply['reason']}" + (": the answer holds vacuously" if vacuous else ""), file=sys.stderr)
     print(reply_json(reply, time.time() - started) if args.json else result_text(reply), end="\n" if args.json else "")
     return 0
 

@@ -80,7 +80,7 @@ class Reader:
                 raise error(self.source, line, "assert before any declaration")
             self.saw_assert = True
             self._assert(fm.formula(value[1], self._resolve, self.source, self.deadline, self.max_terms,
-                                    self.max_atoms))
+                                    self.max_atoms), line)
         elif command == "vnnlib-version":
             self._version(value, line)
         elif command == "declare-network":
@@ -232,10 +232,10 @@ class Reader:
         if tighter:
             side[index] = (value, is_open)
 
-    def _assert(self, formula: fm.Formula) -> None:
+    def _assert(self, formula: fm.Formula, line: int) -> None:
         parts = formula.payload if formula.kind == "and" else [formula]
         if formula.kind == "false":
-            self.empty_line = self.empty_line or formula.line or -1
+            self.empty_line = self.empty_line or formula.line or line or -1
         for part in parts:
             if part.kind == "atom":
                 self._conjoined_atom(part.payload)
@@ -259,7 +259,9 @@ class Reader:
             raise InputError(f"{self.source}: no declarations (VNN-LIB 1.0 declare-const or 2.0 vnnlib-version)")
         inputs, outputs, input_shape, output_name, input_name = self._sizes()
         if self.empty_line is not None:
-            return Property([], inputs, outputs, self.version, input_shape, input_name, output_name)
+            where = f"on line {self.empty_line}" if self.empty_line > 0 else "in the property"
+            return Property([], inputs, outputs, self.version, input_shape, input_name, output_name,
+                            why_empty=f"an assert {where} is always false")
         root = fm.conjoin(self.disjunctions)
         if root.terms > self.max_terms or root.atoms > self.max_atoms:
             terms = "more than 10^18" if root.terms >= fm.SATURATE else f"{root.terms:,}"

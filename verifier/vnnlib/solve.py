@@ -349,7 +349,8 @@ def solve(graph: ir.Graph, model_path: str, prop: Property, *, timeout: float | 
     start = time.perf_counter()
     deadline = deadline or Deadline.after(timeout)
     if not prop.cases:
-        return Answer("unsat", reason="the property's unsafe set is empty", time_s=time.perf_counter() - start)
+        return Answer("unsat", reason=f"the property's unsafe set is empty ({prop.why_empty})",
+                      time_s=time.perf_counter() - start)
     model = model or open_model(model_path)
     graph = concrete_graph(graph, prop)
     solver = Solver(graph, model, prop, deadline, method, max_boxes, seed)

@@ -49,6 +49,7 @@ class Property:
     input_shape: tuple[int, ...] | None = None  # 2.0 declarations carry a shape
     input_name: str | None = None  # 2.0: the ONNX names, when declared
     output_name: str | None = None
+    why_empty: str = "every input box is empty"  # said when there are no cases
 
 
 def _lines(path: Path):
