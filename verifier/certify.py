@@ -105,31 +105,43 @@ def search_radius(margin: Callable[[Tensor, Tensor], Tensor], clean: Tensor, opt
     active rows, the certified lower bound of the worst margin at each row's ε (certified iff > 0);
     `clean` is the exact margin at ε = 0.
 
-    Why not plain doubling + bisection (~14 bound calls): the margin is a smooth, roughly concave
-    function of ε, so the curve through the last three points predicts where it crosses zero. Until a
-    refuted ε is found the search extrapolates (at least x1.2, at most x8 per step); inside a bracket
-    it probes just below and just above the predicted crossing (by half the tolerance) — or, when the
-    crossing is predicted within the tolerance of an end, the one probe that ends the search — and
-    falls back to bisection when two steps in a row do not halve the bracket. Probes are rounded to 20 significant bits,
-    so last-bit noise in a margin cannot change the sequence of probes: a row's radius does not
-    depend on the other rows in its batch. Only certified ε are ever reported."""
+    Why not plain doubling + bisection (~14 bound calls): the margin falls smoothly with ε, so a model
+    of it through the points probed so far predicts where it crosses zero (_predicted_crossing).
+    Until a refuted ε is found the search aims just past the predicted crossing (at most x8 per step);
+    inside a bracket it aims just below, then just above it (by 0.45 of the tolerance), so that two
+    good predictions end the search — or, when the crossing is predicted within the tolerance of an
+    end, makes the one probe that ends it. A probe that lands on the side it did not aim for aims at
+    that side again, 4x further each time; three steps in a row that do not halve the bracket bisect
+    it. Probes are rounded to 20 significant bits, so last-bit noise in a margin cannot change the
+    sequence of probes: a row's radius does not depend on the other rows in its batch. Only
+    certified ε are ever reported. Margins are computed on `device`; the search's own arithmetic (a
+    few vectors per step) runs on the CPU, where it launches no GPU kernels."""
     count = clean.shape[0]
+    bound_device, device = device, torch.device("cpu")  # the search's own arithmetic: a few vectors, no GPU kernels
     zeros = lambda: torch.zeros(count, dtype=torch.float64, device=device)
-    lower, at_lower = zeros(), clean.to(device=device, dtype=torch.float64).clone()
+    flags = lambda value: torch.full((count,), value, dtype=torch.bool, device=device)
+    clean = clean.to(device=device, dtype=torch.float64)
+    lower, at_lower = zeros(), clean.clone()
     upper, at_upper = torch.full((count,), math.inf, dtype=torch.float64, device=device), zeros()
     third, at_third = zeros(), at_lower.clone()  # the last end point replaced: a third point for the curve
-    first = torch.full((count,), options.start, dtype=torch.float64, device=device)
+    older, at_older = zeros(), at_lower.clone()  # before a bracket: the certified point before `third`
     width_before = torch.full_like(lower, math.inf)
     stalls = torch.zeros(count, dtype=torch.long, device=device)  # bracketed steps in a row that did not halve it
-    eps = first
-    low_side = torch.ones(count, dtype=torch.bool, device=device)  # probe below the crossing next
+    surprises = torch.zeros(count, dtype=torch.long, device=device)  # probes in a row that landed on the other side
+    aimed, above = flags(False), flags(True)  # the last probe aimed at a predicted crossing, from above
+    bisected = flags(False)
+    eps = torch.full((count,), options.start, dtype=torch.float64, device=device)
     active = torch.arange(count, device=device)
     for _ in range(options.max_steps):
         if active.numel() == 0:
             break
-        value = margin(active, eps[active].to(dtype)).to(device=device, dtype=torch.float64)
+        value = margin(active.to(bound_device), eps[active].to(device=bound_device, dtype=dtype))
+        value = value.to(device=device, dtype=torch.float64)
         ok = value > 0
+        surprised = aimed[active] & (ok == above[active])
+        surprises[active] = torch.where(surprised, surprises[active] + 1, torch.zeros_like(surprises[active]))
         rows_ok, rows_bad = active[ok], active[~ok]
+        older[rows_ok], at_older[rows_ok] = third[rows_ok], at_third[rows_ok]
         third[rows_ok], at_third[rows_ok] = lower[rows_ok], at_lower[rows_ok]
         had_upper = torch.isfinite(upper[rows_bad])
         third[rows_bad[had_upper]], at_third[rows_bad[had_upper]] = upper[rows_bad[had_upper]], at_upper[rows_bad[had_upper]]
@@ -138,37 +150,110 @@ def search_radius(margin: Callable[[Tensor, Tensor], Tensor], clean: Tensor, opt
         lo, hi = lower[active], upper[active]
         bracketed = torch.isfinite(hi)
         done = (bracketed & (hi - lo <= options.tol * hi)) | (lo >= MAX_RADIUS) | (hi <= 1e-12)
-        stalled = bracketed & (hi - lo > 0.5 * width_before[active])
+        # a bisection halves the bracket by construction (up to the probe's rounding): not a stall
+        stalled = bracketed & (hi - lo > 0.5 * width_before[active]) & ~bisected[active]
         stalls[active] = torch.where(stalled, stalls[active] + 1, torch.zeros_like(stalls[active]))
-        eps[active] = _next_probe(lo, hi, at_lower[active], at_upper[active], third[active], at_third[active],
-                                  stalls[active] >= 2, low_side[active], options.tol)
+        bisect = bracketed & (stalls[active] >= 3)
+        # the side to aim at: the other one after an expected outcome, the same one after a surprise
+        side = torch.where(aimed[active] & ~surprised, ~above[active], above[active]) | ~bracketed
+        eps[active], aimed[active], above[active] = _next_probe(
+            lo, hi, at_lower[active], at_upper[active], third[active], at_third[active], older[active],
+            at_older[active], clean[active], side, surprises[active], bisect, options.tol)
+        bisected[active] = bisect
         width_before[active] = torch.where(bracketed, hi - lo, width_before[active])
-        low_side[active] = ~low_side[active]
         active = active[~done]
-    return lower
+    return lower.to(bound_device)
 
 
 def _next_probe(lo: Tensor, hi: Tensor, at_lo: Tensor, at_hi: Tensor, third: Tensor, at_third: Tensor,
-                slow: Tensor, low_side: Tensor, tol: float) -> Tensor:
-    """The next ε of every row (see search_radius)."""
+                older: Tensor, at_older: Tensor, clean: Tensor, above: Tensor, surprises: Tensor, bisect: Tensor, tol: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """The next ε of every row (see search_radius); whether it aims at a predicted crossing, and
+    from which side."""
     bracketed = torch.isfinite(hi)
-    # no refuted ε yet: extrapolate the secant through (third, at_third) and (lo, at_lo)
-    falling = at_third - at_lo
-    reach = torch.where(falling > 0, lo + at_lo * (lo - third) / falling.clamp(min=1e-300), lo * 8)
-    grow = torch.minimum(torch.maximum(reach, lo * 1.2), lo * 8)
-    # bracketed: the zero of the parabola through the three points (the secant's when degenerate),
-    # nudged by half the tolerance to one side, kept inside the bracket
+    cross, modelled = _predicted_crossing(lo, hi, at_lo, at_hi, third, at_third, older, at_older, clean)
+    # (0.45 and 0.98 of the tolerance: a bracket closed by two such probes stays within the tolerance
+    # when the prediction moves a little between them, and after rounding the probes to 20 bits)
+    offset = 0.45 * tol * 4.0 ** surprises.clamp(max=8)
+    aim = torch.where(above, cross * (1 + offset), cross * (1 - offset))
+    # before a bracket: at least a little, at most x8 past the last certified ε
+    grow = torch.minimum(torch.maximum(aim, lo * (1 + tol)), lo * 8)
+    grow_aimed = modelled & (aim > lo * (1 + tol)) & (aim < lo * 8)
+    # inside a bracket: away from its ends; a crossing predicted within the tolerance of an end gets
+    # the probe that ends the search if right
     width = hi - lo
-    secant = lo + width * at_lo / (at_lo - at_hi).clamp(min=1e-300)
-    cross = torch.where(torch.isfinite(hi), _parabola_zero(lo, hi, third, at_lo, at_hi, at_third, secant), secant)
-    aim = torch.where(low_side, cross * (1 - tol / 2), cross * (1 + tol / 2))
-    aim = torch.minimum(torch.maximum(aim, lo + 0.05 * width), hi - 0.05 * width)
-    # a crossing predicted within the tolerance of an end: the probe that ends the search if right
-    finish_low, finish_high = hi * (1 - tol), lo * (1 + tol)
-    aim = torch.where(cross >= finish_low, torch.maximum(finish_low, lo + 0.05 * width), aim)
-    aim = torch.where(cross <= finish_high, torch.minimum(finish_high, hi - 0.05 * width), aim)
-    probe = torch.where(bracketed, torch.where(slow, (lo + hi) / 2, aim), grow)
-    return _round_probe(probe)
+    inside = torch.minimum(torch.maximum(aim, lo + 0.05 * width), hi - 0.05 * width)
+    finish_low, finish_high = hi * (1 - 0.98 * tol), lo * (1 + 0.98 * tol)
+    ends_low, ends_high = cross >= finish_low, cross <= finish_high
+    inside = torch.where(ends_low, torch.maximum(finish_low, lo + 0.05 * width), inside)
+    inside = torch.where(ends_high, torch.minimum(finish_high, hi - 0.05 * width), inside)
+    side = torch.where(ends_low, False, torch.where(ends_high, True, above))
+    probe = torch.where(bracketed, torch.where(bisect, (lo + hi) / 2, inside), grow)
+    aimed = torch.where(bracketed, ~bisect, grow_aimed)
+    return _round_probe(probe), aimed, torch.where(bracketed, side, True)
+
+
+def _predicted_crossing(lo: Tensor, hi: Tensor, at_lo: Tensor, at_hi: Tensor, third: Tensor, at_third: Tensor,
+                        older: Tensor, at_older: Tensor, clean: Tensor) -> tuple[Tensor, Tensor]:
+    """Where the margin is predicted to cross zero, and whether a model of its drop made the
+    prediction.
+
+    The drop d(ε) = clean - m(ε) is modelled as A ε^b e^(cε): b = 1, c = 0 is a margin linear in
+    ε; c > 0 the steepening of relaxations that loosen as ε grows (CROWN's margins on recurrent
+    networks fall ever faster); b = 2 a margin flat at ε = 0. log d is linear in (1, log ε, ε), so
+    three points (lo, hi and the third; before a bracket, the last three certified) fit A, b and c;
+    two fit A and c with b = 1 (CROWN's drop is linear near ε = 0); the first certified point alone
+    fits A with b = 2 (over the range a search spans, the drop grows faster than ε: measured fewer
+    calls than b = 1 on the shipped models, benchmarks/search_calls.py). Extrapolating, the nearer
+    of the three- and two-point predictions is taken (three points on a kinked curve can predict
+    wildly). The crossing d = clean is solved on the model. Where lo or hi has no logarithm (ε = 0,
+    a drop lost to rounding), the margin's own secant or parabola predicts it."""
+    bracketed = torch.isfinite(hi)
+    log_clean = torch.log(clean.clamp(min=1e-300))
+    usable = lambda e, at: (e > 0) & (clean - at > 0) & (clean > 0) & torch.isfinite(e)
+    log_drop = lambda at: torch.log((clean - at).clamp(min=1e-300))
+    ones = torch.ones_like(lo)
+    has_lo, has_hi = usable(lo, at_lo), usable(hi, at_hi)
+    top = torch.where(bracketed & has_hi, hi, lo * 8)  # the far end of the model's range
+    # the points with lo: hi and the third (bracketed), or the two certified before lo
+    near, at_near = torch.where(bracketed, hi, third), torch.where(bracketed, at_hi, at_third)
+    other, at_other = torch.where(bracketed, third, older), torch.where(bracketed, at_third, at_older)
+    has_near = torch.where(bracketed, has_hi, usable(third, at_third) & (third < lo))
+    has_other = usable(other, at_other) & (bracketed | (has_near & (older < third)))
+    e_l, e_n, e_o = lo, torch.where(has_near, near, lo * 2), torch.where(has_other, other, lo * 3)
+    x_l, x_n, x_o = (torch.log(e.clamp(min=1e-300)) for e in (e_l, e_n, e_o))
+    y_l, y_n, y_o = log_drop(at_lo), log_drop(at_near), log_drop(at_other)
+    # one point: b = 2, c = 0; two: b = 1 and c (at least 0) through both
+    c_two = torch.where(has_near, ((y_n - x_n) - (y_l - x_l)) / torch.where(has_near, e_n - e_l, ones), 0 * ones)
+    c_two = c_two.clamp(min=0)
+    b = torch.where(has_near | bracketed, ones, 2 * ones)
+    # three points: b and c from the 2x2 system of the differences, where it is well conditioned
+    dx_n, dx_o, de_n, de_o, dy_n, dy_o = x_n - x_l, x_o - x_l, e_n - e_l, e_o - e_l, y_n - y_l, y_o - y_l
+    det = dx_n * de_o - dx_o * de_n
+    scale = (dx_n * de_o).abs() + (dx_o * de_n).abs()
+    three = has_near & has_other & (scale > 0) & (det.abs() > 1e-6 * scale)
+    safe = torch.where(three, det, ones)
+    b3, c3 = (dy_n * de_o - dy_o * de_n) / safe, (dx_n * dy_o - dx_o * dy_n) / safe
+    three = three & (b3 > 0) & torch.isfinite(b3) & torch.isfinite(c3)
+    b, c = torch.where(three, b3, b), torch.where(three, c3, c_two)
+    model = lambda e: y_l + b * (torch.log(e) - x_l) + c * (e - e_l) - log_clean
+    modelled = has_lo & (has_hi | ~bracketed)
+    solved = _solve_increasing(model, torch.where(modelled, lo, top / 2), top)
+    two_point = lambda e: y_l + (torch.log(e) - x_l) + c_two * (e - e_l) - log_clean
+    solved = torch.where(~bracketed & three, torch.minimum(solved, _solve_increasing(two_point, lo, top)), solved)
+    secant = lo + (hi - lo) * at_lo / (at_lo - at_hi).clamp(min=1e-300)
+    fallback = torch.where(bracketed, _parabola_zero(lo, hi, third, at_lo, at_hi, at_third, secant), lo * 8)
+    return torch.where(modelled, solved, fallback), modelled
+
+
+def _solve_increasing(f: Callable[[Tensor], Tensor], a: Tensor, b: Tensor, steps: int = 40) -> Tensor:
+    """A zero of the model f in [a, b] by bisection (b where f(b) < 0, a where f(a) > 0)."""
+    a, b = a.clone(), b.clone()
+    for _ in range(steps):
+        mid = (a + b) / 2
+        below = f(mid) < 0
+        a, b = torch.where(below, mid, a), torch.where(below, b, mid)
+    return (a + b) / 2
 
 
 def _parabola_zero(a: Tensor, b: Tensor, c: Tensor, fa: Tensor, fb: Tensor, fc: Tensor, fallback: Tensor) -> Tensor:
