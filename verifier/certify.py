@@ -223,9 +223,9 @@ def _predicted_crossing(lo: Tensor, hi: Tensor, at_lo: Tensor, at_hi: Tensor, th
     e_l, e_n, e_o = lo, torch.where(has_near, near, lo * 2), torch.where(has_other, other, lo * 3)
     x_l, x_n, x_o = (torch.log(e.clamp(min=1e-300)) for e in (e_l, e_n, e_o))
     y_l, y_n, y_o = log_drop(at_lo), log_drop(at_near), log_drop(at_other)
-    # one point: b = 2, c = 0; two: b = 1 and c (at least 0) through both
+    # one point: b = 2, c = 0; two: b = 1 and c through both (extrapolating, c at least 0)
     c_two = torch.where(has_near, ((y_n - x_n) - (y_l - x_l)) / torch.where(has_near, e_n - e_l, ones), 0 * ones)
-    c_two = c_two.clamp(min=0)
+    c_two = torch.where(bracketed, c_two, c_two.clamp(min=0))
     b = torch.where(has_near | bracketed, ones, 2 * ones)
     # three points: b and c from the 2x2 system of the differences, where it is well conditioned
     dx_n, dx_o, de_n, de_o, dy_n, dy_o = x_n - x_l, x_o - x_l, e_n - e_l, e_o - e_l, y_n - y_l, y_o - y_l
