@@ -28,6 +28,7 @@ from parsers.files import (
     tensor_value,
 )
 from parsers.inputs import DeclaredInput, declare_inputs
+from parsers.precision import check_precision
 from parsers.values import Sym
 from parsers.walk import convert_nodes
 from verifier import ir
@@ -79,6 +80,7 @@ def convert_model(model: onnx.ModelProto, input_shapes=None, batch_axes=None, fr
 
     check_opsets(model)
     conversion = Conversion(model, budget or Budget())
+    check_precision(model, conversion.opset)
     declared = declare_inputs(model.graph, conversion.opset, input_shapes, batch_axes, frame_axes,
                               conversion.budget.max_elements)
     fold = {d.onnx_name for d in declared if d.constant_only}
