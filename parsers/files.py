@@ -67,9 +67,20 @@ def read_model(source: ModelSource, max_bytes: int = MAX_MODEL_BYTES) -> onnx.Mo
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise ModelFileError(f"{label} fails onnx.checker: {_one_line(exc)}") from exc
+        raise ModelFileError(f"{label} fails onnx.checker: {_one_line(exc)}{_shapeless(model, exc)}") from exc
     check_node_names(model, label)
     return model
+
+
+def _shapeless(model: onnx.ModelProto, exc: Exception) -> str:
+    """onnx.checker's "Field 'shape' of 'type' is required" names no value; tools that expose an
+    intermediate as an extra output often declare it without a shape: say which ones."""
+    if "Field 'shape' of 'type' is required" not in str(exc):
+        return ""
+    graph = model.graph
+    names = [v.name for v in [*graph.input, *graph.output, *graph.value_info]
+             if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")]
+    return f" (declared without a shape: {', '.join(map(repr, names[:5]))}{', ...' if len(names) > 5 else ''})" if names else ""
 
 
 def check_node_names(model: onnx.ModelProto, label: str) -> None:
