@@ -111,8 +111,10 @@ def search_radius(margin: Callable[[Tensor, Tensor], Tensor], clean: Tensor, opt
     inside a bracket it aims just below, then just above it (by 0.45 of the tolerance), so that two
     good predictions end the search — or, when the crossing is predicted within the tolerance of an
     end, makes the one probe that ends it. A probe that lands on the side it did not aim for aims at
-    that side again, 4x further each time; three steps in a row that do not halve the bracket bisect
-    it. Probes are rounded to 20 significant bits, so last-bit noise in a margin cannot change the
+    that side again, 4x further each time (before a bracket, after three such probes, at least as far
+    as the margin's own secant reaches; a drop that stopped growing far below the clean margin
+    — a saturated margin that may never cross — takes the x8 step); three steps in a row that do
+    not halve the bracket bisect it. Probes are rounded to 20 significant bits, so last-bit noise in a margin cannot change the
     sequence of probes: a row's radius does not depend on the other rows in its batch. Only
     certified ε are ever reported. Margins are computed on `device`; the search's own arithmetic (a
     few vectors per step) runs on the CPU, where it launches no GPU kernels."""
@@ -176,7 +178,12 @@ def _next_probe(lo: Tensor, hi: Tensor, at_lo: Tensor, at_hi: Tensor, third: Ten
     # when the prediction moves a little between them, and after rounding the probes to 20 bits)
     offset = 0.45 * tol * 4.0 ** surprises.clamp(max=8)
     aim = torch.where(above, cross * (1 + offset), cross * (1 - offset))
-    # before a bracket: at least a little, at most x8 past the last certified ε
+    # before a bracket: at least a little, at most x8 past the last certified ε; after three probes
+    # in a row fell short, at least as far as the margin's own secant reaches (a drop that went flat
+    # and crosses later, e.g. a saturated stretch, leaves the drop's model creeping)
+    falling = at_third - at_lo
+    secant = torch.where(falling > 0, lo + at_lo * (lo - third) / falling.clamp(min=1e-300), lo * 8)
+    aim = torch.where(~bracketed & (surprises >= 3), torch.maximum(aim, secant), aim)
     grow = torch.minimum(torch.maximum(aim, lo * (1 + tol)), lo * 8)
     grow_aimed = modelled & (aim > lo * (1 + tol)) & (aim < lo * 8)
     # inside a bracket: away from its ends; a crossing predicted within the tolerance of an end gets
@@ -241,6 +248,11 @@ def _predicted_crossing(lo: Tensor, hi: Tensor, at_lo: Tensor, at_hi: Tensor, th
     solved = _solve_increasing(model, torch.where(modelled, lo, top / 2), top)
     two_point = lambda e: y_l + (torch.log(e) - x_l) + c_two * (e - e_l) - log_clean
     solved = torch.where(~bracketed & three, torch.minimum(solved, _solve_increasing(two_point, lo, top)), solved)
+    # a drop that has nearly stopped growing (less than ε^0.3 between the last two certified points)
+    # while still under half the clean margin (a saturated or input-independent margin, which may
+    # never cross; nearer the crossing a flat stretch is more likely a kink): the largest step
+    flat = ~bracketed & has_near & ((y_l - y_n) < 0.3 * (x_l - x_n)) & (y_l < log_clean - math.log(2))
+    solved = torch.where(flat, top, solved)
     secant = lo + (hi - lo) * at_lo / (at_lo - at_hi).clamp(min=1e-300)
     fallback = torch.where(bracketed, _parabola_zero(lo, hi, third, at_lo, at_hi, at_third, secant), lo * 8)
     return torch.where(modelled, solved, fallback), modelled
