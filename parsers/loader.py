@@ -17,6 +17,7 @@ from parsers import ops  # noqa: F401  (registers the converters)
 from parsers.budget import Budget
 from parsers.builder import GraphBuilder
 from parsers.context import Context, clean_name
+from parsers.contrib import expand_contrib_ops
 from parsers.errors import BatchLayoutError, ConstantRequired, ConverterBug
 from parsers.files import (
     MAX_MODEL_BYTES,
@@ -79,6 +80,7 @@ def convert_model(model: onnx.ModelProto, input_shapes=None, batch_axes=None, fr
     )
 
     check_opsets(model)
+    model = expand_contrib_ops(model)  # onnxruntime's fused nodes, as the default-domain nodes they fuse
     conversion = Conversion(model, budget or Budget())
     check_precision(model, conversion.opset)
     declared = declare_inputs(model.graph, conversion.opset, input_shapes, batch_axes, frame_axes,
