@@ -87,9 +87,7 @@ def _fused_gemm(node, domains, known) -> list[onnx.NodeProto]:
     activation = activation.decode() if isinstance(activation, bytes) else activation
     label = node_label(node)
     gemm_attrs = {k: attrs[k] for k in ("alpha", "beta", "transA", "transB") if k in attrs}
-    if not activation or activation == "Identity":
-        return [helper.make_node("Gemm", list(node.input), list(node.output), name=label, **gemm_attrs)]
-    if activation not in _ACTIVATIONS:
+    if activation not in _ACTIVATIONS:  # onnxruntime itself refuses an unknown one ("Identity" among them)
         raise _refuse(node, domains, f"activation {activation!r} is not supported "
                                      f"(supported: {', '.join(sorted(_ACTIVATIONS))})")
     op, mapping = _ACTIVATIONS[activation]
