@@ -12,6 +12,7 @@ have passed, so it always writes what it measured. Also runs on CPU (--device cp
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import tempfile
@@ -104,12 +105,28 @@ def _timed(call, device, repeats: int = 3) -> tuple[float, float]:
     return float(np.median(times)), float(np.ptp(times))
 
 
+LAST_SEARCH: dict[str, int] = {}  # bound calls of the last _search: of the batch, and rows summed over calls
+
+
 def _search(graph, x, device, dtype, graphs: bool | None, fused: bool | None = None) -> tuple[float, list[float]]:
-    """Radius search time per sample and radii; graphs/fused forced on or off (None: the default rule)."""
-    with _settings(graphs, fused):
-        t0 = time.perf_counter()
-        results = certify(graph, x, 2.0, options=SearchOptions(method="crown"), device=device, dtype=dtype)
-        _sync(device)
+    """Radius search time per sample and radii; graphs/fused forced on or off (None: the default rule).
+    Its bound calls go to LAST_SEARCH: a replayed search costs its calls x one replay."""
+    engine = importlib.import_module("verifier.certify")
+    search = engine.search_radius
+    calls: list[int] = []
+
+    def counted(margin, *args, **kwargs):
+        return search(lambda rows, eps: calls.append(int(rows.numel())) or margin(rows, eps), *args, **kwargs)
+
+    engine.search_radius = counted
+    try:
+        with _settings(graphs, fused):
+            t0 = time.perf_counter()
+            results = certify(graph, x, 2.0, options=SearchOptions(method="crown"), device=device, dtype=dtype)
+            _sync(device)
+    finally:
+        engine.search_radius = search
+    LAST_SEARCH.update(calls=len(calls), rows=sum(calls))
     return (time.perf_counter() - t0) / BATCH, [r.radius for r in results]
 
 
@@ -187,6 +204,7 @@ def _fused_rows(row: dict, graph, x, batch, spec, threat, device, dtype, search:
             del replayed, replay
     if search and quick:  # only the default rule's search (fused and replayed where verifier.fused says)
         row["search_default_s_per_sample"], radii = _search(graph, x, device, dtype, graphs=None, fused=None)
+        row["search_bound_calls"] = LAST_SEARCH["calls"]
         row["mean_radius"] = float(np.mean(radii))
     elif search:
         row["search_eager_s_per_sample"], reference = _search(graph, x, device, dtype, graphs=False, fused=False)
@@ -253,6 +271,7 @@ def probe(device: torch.device, budget: float, dtypes: list[torch.dtype], grid: 
                 if time.perf_counter() - started < budget * 0.8:
                     try:
                         row["radius_search_s_per_sample"], radii = _search(graph, x, device, dtype, graphs=True)
+                        row["search_bound_calls"], row["search_row_calls"] = LAST_SEARCH["calls"], LAST_SEARCH["rows"]
                     except Exception as exc:
                         row["search_error"] = f"{type(exc).__name__}: {exc}"[:500]
                         rows.append(row)
