@@ -167,6 +167,9 @@ class BackwardPass:
         # the pull-back arithmetic: fused kernels only where no gradient flows (verifier.fused)
         self.kernels = fused.EAGER if torch.is_grad_enabled() else propagator.kernels
         self.sizes = propagator.plan.sizes
+        # constant nodes (no perturbed element upstream) end the walk: their coefficients are
+        # concretised over their interval, which is a point, instead of pulled back to the inputs
+        self.constant = propagator.constant if relaxations is None and propagator.tuner is None else frozenset()
         self.coefficients: dict[str, Tensor] = {}
         self.pieces: dict[str, list[tuple[int, Tensor]]] = {}
         self.constants: list[Tensor] = []
@@ -194,10 +197,17 @@ class BackwardPass:
     # -- the walk --------------------------------------------------------------------------------
     def run(self, nodes: tuple[ir.Node, ...]) -> Tensor:
         """Walk `nodes` (a prefix of the graph, topological order) backward; returns (batch, rows)."""
+        bounds = self.propagator.bounds
         for node in reversed(nodes):
+            folded = node.name in self.constant and node.name in bounds
             # an input's region reads slices itself (regions.Slices); other nodes get one tensor
-            a = self._take(node.name, as_slices=isinstance(node, ir.Input))
-            if a is not None:
+            a = self._take(node.name, as_slices=isinstance(node, ir.Input) and not folded)
+            if a is None:
+                continue
+            if folded:  # min of a·v over the node's interval: exact for a point, sound for any
+                lower, upper = bounds[node.name]
+                self.add_constant(self.kernels.dot(a, (upper + lower) / 2) - self.kernels.dot(a.abs(), (upper - lower) / 2))
+            else:
                 rule(node).pull_back(node, a, self)
         return torch.stack(self.constants).sum(0)
 
@@ -263,6 +273,7 @@ class Propagator:
         self.batch = any_region.center.shape[0]
         self.like = any_region.center
         self.kernels = fused.pull_backs_for(self.like.device, self.batch, max(self.sizes.values()))
+        self.constant = _constant_nodes(graph, regions)
 
     # ---- forward: levels in order ----------------------------------------------------------------
     def run(self, until: str | None = None) -> None:
@@ -276,8 +287,9 @@ class Propagator:
         """CROWN bounds of the level's tight nodes in one backward pass, then intervals of all
         its nodes in topological order (tight ones intersected with their CROWN bounds)."""
         nodes = self.plan.by_level[level]
+        constant = self.constant if self.tuner is None else frozenset()  # their intervals are points
         starts = [n for n in nodes if n.name in self.plan.needed and not isinstance(n, (ir.Input, *ROUTING))
-                  and (self.passes_for_exact_nodes or n.name not in self.plan.exact)]
+                  and (self.passes_for_exact_nodes or n.name not in self.plan.exact) and n.name not in constant]
         crown: dict[str, Bounds] = {}
         if self.relaxer is not None and starts:
             for chunk, rows in enumerate(_chunks([(n.name, self.plan.needed[n.name]) for n in starts], MAX_PASS_ROWS)):
@@ -362,6 +374,26 @@ class Propagator:
             ibp_lower, ibp_upper = self.bounds[node]
             lower, upper = torch.maximum(lower, ibp_lower), torch.minimum(upper, ibp_upper)
         return lower, upper
+
+
+def _constant_nodes(graph: ir.Graph, regions: dict[str, Region]) -> frozenset[str]:
+    """Nodes no perturbed input element reaches (with `--frames` a subset: the steps before the
+    first perturbed frame; states fed as fixed inputs). Their intervals are points, so a CROWN
+    pass from them or through them cannot tighten anything: none is started, and a backward pass
+    stops there. Decided from the regions' host-side flags (no device read: CUDA-graph capture)."""
+    varying = {name: region.varying() for name, region in regions.items()}
+    if all(v is None for v in varying.values()):
+        return frozenset()
+    depends: dict[str, bool] = {}
+    for node in graph.nodes:
+        if isinstance(node, ir.Input):
+            flags = varying.get(node.name)
+            depends[node.name] = flags is None or bool(flags.any())
+        elif isinstance(node, ir.Select) and varying.get(node.input) is not None:
+            depends[node.name] = bool(varying[node.input][np.asarray(node.indices)].any())
+        else:
+            depends[node.name] = any(depends[x] for x in ir.node_inputs(node))
+    return frozenset(n.name for n in graph.nodes if not depends[n.name] and not isinstance(n, ir.Input))
 
 
 MAX_VISITS = 2_000_000  # default budget of node visits in intermediate backward passes (see Plan.check_budget)

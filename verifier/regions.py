@@ -86,6 +86,11 @@ class Region:
     def maximize(self, coefficients: Tensor) -> Tensor:
         return -self.minimize(-coefficients)
 
+    def varying(self) -> np.ndarray | None:
+        """Which elements some sample's set does not pin to one value (host-side booleans, read
+        when the region was built), or None: any may vary."""
+        return None
+
 
 class BallRegion(Region):
     """Per-frame or whole-sequence lp balls of per-sample radius eps around `center`, intersected
@@ -119,7 +124,13 @@ class BallRegion(Region):
         # (so a CUDA graph can capture it, see verifier.cuda_graphs)
         self.all_frames = bool(self.frame_mask.all())
         self.all_per_frame = bool(self.per_frame_rows.all())
+        # frames no sample perturbs: held at the centre, so the steps before the first perturbed
+        # frame are constants the propagator need not bound (Propagator.constant)
+        self.varying_elements = None if self.all_frames else self.element_mask.any(0).cpu().numpy()
         self.room = None if threat.domain is None else _domain_room(node, center, threat)
+
+    def varying(self) -> np.ndarray | None:
+        return self.varying_elements
 
     def element_bounds(self) -> tuple[Tensor, Tensor]:
         radius = self.eps[:, None] * self.element_mask.to(self.center)
@@ -277,6 +288,9 @@ class PointRegion(Region):
 
     def __init__(self, value: Tensor) -> None:
         self.center = value
+
+    def varying(self) -> np.ndarray | None:
+        return np.zeros(self.center.shape[1], dtype=bool)
 
     def element_bounds(self) -> tuple[Tensor, Tensor]:
         return self.center, self.center

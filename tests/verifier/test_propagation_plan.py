@@ -58,3 +58,43 @@ def test_skipped_passes_change_no_bound(monkeypatch, name, method):
     # took the other branch of the intersection, which moves Adam's path by ~1e-7 after three steps
     tolerance = 1e-6 if method == "alpha" and mode == "shared" else 1e-12
     assert torch.allclose(skipping, every_pass, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("name", ["digits_lstm_t8_h16", "digits_gru_t8_h16", "mnist_rnn_tanh_t4_h32",
+                                  "mnist_lstm_t4_h32_keras"])
+@pytest.mark.parametrize("frames", [(3,), (1, 2), (0,), "variants"])
+@pytest.mark.parametrize("method", ["crown", "popqorn"])
+def test_steps_before_the_first_perturbed_frame_are_constants_that_change_no_bound(monkeypatch, name, frames, method):
+    """With a frame subset, the nodes no perturbed frame reaches get no CROWN pass and end every
+    backward pass (their intervals are points): the margins equal those of bounding every node, to
+    rounding, and the shortcut is really taken (a whole step where it comes before the first perturbed frame).
+    "variants": per-sample frame masks (as --per-frame uses), where only frames no row perturbs count."""
+    graph = parsers.load_onnx(MODELS / f"{name}.onnx")
+    data = np.load(MODELS / f"{name}.samples.npz")
+    x, labels = data["x"][:4], data["y"][:4]
+    batch = make_batch(graph, x, dtype=torch.float64)
+    count = batch.node.num_frames
+    if frames == "variants":
+        mask = torch.zeros(4, count, dtype=torch.bool)
+        mask[torch.arange(4), torch.tensor([count - 1, count - 2, count - 1, count - 2])] = True
+        threat = ThreatModel(2.0, "frame")
+    else:
+        mask, threat = None, ThreatModel(2.0, "frame", frames=frames)
+    eps = torch.full((4,), 0.05, dtype=torch.float64)
+    spec = margin_spec(torch.as_tensor(labels), 10, None)
+
+    def margins():
+        return margin_lower_bounds(batch.graph, batch, eps, threat, spec, relaxer_for(method),
+                                   batch.graph.outputs[0].node, mask)
+
+    folded = []
+    original = propagation._constant_nodes
+    monkeypatch.setattr(propagation, "_constant_nodes", lambda g, r: folded.append(original(g, r)) or folded[-1])
+    shortcut = margins()
+    assert folded[-1]  # an unperturbed frame's input projection at least is a constant
+    first = count - 2 if frames == "variants" else min(frames)
+    steps_before = {n.name for n in batch.graph.nodes if "/t0/" in n.name and not isinstance(n, ir.Input)}
+    assert (steps_before <= folded[-1]) == (first > 0)  # the whole first step, when it comes before
+    monkeypatch.setattr(propagation, "_constant_nodes", lambda g, r: frozenset())
+    every_node = margins()
+    assert torch.allclose(shortcut, every_node, rtol=1e-11, atol=1e-11), (shortcut - every_node).abs().max()
