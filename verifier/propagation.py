@@ -14,7 +14,9 @@ intersected with its interval bounds. To keep the number of tensor operations (k
   * lower and upper bounds are one set of rows: the upper bound of a·v is minus the lower bound of
     (-a)·v, so every pull-back is done once, for "lower" rows only;
   * contiguous Selects pass their coefficients as slices, assembled by one concatenation, or not
-    at all where they reach an input (a ball reads each frame's slice: regions.Slices).
+    at all where they reach an input (a ball reads each frame's slice: regions.Slices);
+  * nodes no perturbed input element reaches (a frame subset's earlier steps) are constants: no
+    pass starts from them and every pass stops at them (_constant_nodes).
 Bounds and relaxations live in dicts keyed by node name; the IR is never mutated.
 """
 
